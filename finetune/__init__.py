@@ -1,0 +1,1 @@
+"""Fine-tuning of exported encoders on small labeled sets, and the report over many runs."""

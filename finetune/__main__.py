@@ -1,0 +1,90 @@
+"""``python -m finetune encoder=PATH``: fine-tune an exported encoder (or ``encoder=none``,
+the same backbone from random weights) on a small labeled set and test it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import hydra
+import lightning as L
+from hydra.core.hydra_config import HydraConfig
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from finetune.classifier import Classifier
+from finetune.schedule import FreezeSchedule
+from pretrain.encoders import build_encoder
+from pretrain.export import EncoderFile, load_encoder
+from pretrain.files import write_json
+from pretrain.trainer import build_trainer
+
+
+def _pretrained(cfg: DictConfig) -> EncoderFile | None:
+    if cfg.encoder is None or str(cfg.encoder).lower() == "none":
+        return None
+    return load_encoder(cfg.encoder)
+
+
+def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
+    """Fine-tune as ``cfg`` says and write ``results.json`` (test accuracy and loss) to ``run_dir``."""
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    pretrained = _pretrained(cfg)
+    if pretrained is None:
+        datamodule = instantiate(cfg.data)
+    else:  # the encoder was trained on inputs normalized its way
+        datamodule = instantiate(cfg.data, mean=pretrained.mean, std=pretrained.std)
+    datamodule.setup("fit")
+    info = datamodule.info
+    if pretrained is None:
+        encoder = build_encoder(input_shape=info.input_shape, **OmegaConf.to_container(cfg.backbone, resolve=True))
+    else:
+        encoder = pretrained.encoder.train()
+        if encoder.input_shape != info.input_shape:
+            raise ValueError(
+                f"encoder {cfg.encoder} takes images of shape {encoder.input_shape} (C, H, W) but data={info.name} "
+                f"has {info.input_shape}: fine-tune on data of the shape it was pretrained on"
+            )
+    reuse = cfg.reuse_blocks if cfg.reuse_blocks is not None else len(encoder)
+    encoder = encoder.truncated(reuse)
+    schedule = cfg.schedule
+    model = Classifier(
+        encoder,
+        instantiate(cfg.optimizer),
+        info,
+        encoder_lr_factor=schedule.encoder_lr_factor if pretrained else 1.0,
+        dropout=cfg.head.dropout,
+    )
+    callbacks = [FreezeSchedule(schedule.unfreeze_epoch, schedule.unfreeze_top)] if pretrained else []
+    trainer = build_trainer(cfg.trainer, run_dir, callbacks)
+    trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.resume)
+    test = trainer.test(model, datamodule=datamodule, verbose=False)[0]
+    results = {
+        "kind": "finetune",
+        "seed": cfg.seed,
+        "test_acc": float(test["test/acc"]),
+        "test_loss": float(test["test/loss"]),
+        "label_budget": info.num_train,
+        "data": {"name": info.name, "classes": list(info.classes)},
+        "encoder_file": None if pretrained is None else str(Path(cfg.encoder).resolve()),
+        "pretext_task": None if pretrained is None else pretrained.pretext_task,
+        "reused_blocks": reuse,
+        "config": OmegaConf.to_container(cfg, resolve=True),
+    }
+    if trainer.is_global_zero:
+        write_json(run_dir / "results.json", results)
+        source = "from scratch" if pretrained is None else f"from {pretrained.pretext_task} encoder {cfg.encoder}"
+        print(
+            f"test accuracy {results['test_acc']:.4f} ({source}, {info.num_train} labeled images); "
+            f"results in {run_dir / 'results.json'}"
+        )
+    return results
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="finetune")
+def main(cfg: DictConfig) -> None:
+    run(cfg, Path(HydraConfig.get().runtime.output_dir))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,75 @@
+"""The fine-tuned model: reused encoder blocks plus a new linear head."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torch.optim import Optimizer
+
+from pretrain.data import DataInfo
+from pretrain.encoders import Encoder
+from pretrain.tasks.base import OptimizerFactory
+from pretrain.tasks.supervised import Supervised
+
+
+class Classifier(Supervised):
+    """A ``Supervised`` model whose lower encoder blocks can be frozen.
+
+    The encoder's parameters form their own optimizer group from the start, at the base
+    learning rate times ``encoder_lr_factor``; freezing only decides whether they get a
+    gradient. A frozen block is in inference mode, as in Keras: its batch-norm statistics
+    and dropout do not move while it is frozen.
+    """
+
+    name = "finetune"
+
+    def __init__(
+        self,
+        encoder: Encoder,
+        optimizer: OptimizerFactory,
+        data: DataInfo,
+        encoder_lr_factor: float = 1.0,
+        dropout: float = 0.0,
+        label_smoothing: float = 0.0,
+    ) -> None:
+        super().__init__(encoder, optimizer, data, dropout, label_smoothing)
+        self.encoder_lr_factor = encoder_lr_factor
+        self.num_frozen = 0
+
+    def freeze_lower(self, count: int) -> None:
+        """Freeze the lowest ``count`` encoder blocks and make the others trainable."""
+        self.num_frozen = count
+        # Under DDP a parameter's requires_grad must not change once the model is wrapped
+        # (its gradient would silently stop being averaged): there, frozen parameters keep
+        # requires_grad and their gradients are dropped before each optimizer step instead.
+        distributed = self._trainer is not None and self.trainer.world_size > 1
+        for i, block in enumerate(self.encoder.blocks):
+            for p in block.parameters():
+                p.requires_grad_(i >= count or distributed)
+        self.train(self.training)
+
+    @property
+    def frozen_parameters(self) -> list:
+        return [p for block in self.encoder.blocks[: self.num_frozen] for p in block.parameters()]
+
+    def train(self, mode: bool = True) -> Classifier:
+        super().train(mode)
+        for block in self.encoder.blocks[: getattr(self, "num_frozen", 0)]:
+            block.eval()
+        return self
+
+    def on_before_optimizer_step(self, optimizer: Optimizer) -> None:
+        for p in self.frozen_parameters:
+            p.grad = None  # an optimizer skips a parameter without a gradient: no update, no decay
+
+    def configure_optimizers(self) -> Optimizer:
+        base_lr = self.optimizer_factory.keywords["lr"]
+        groups: list[dict[str, Any]] = [
+            {"params": list(self.head.parameters()), "name": "head"},
+            {"params": list(self.encoder.parameters()), "lr": base_lr * self.encoder_lr_factor, "name": "encoder"},
+        ]
+        return self.optimizer_factory(groups)
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_save_checkpoint(checkpoint)
+        checkpoint["pretext_encoder"]["task"] = "finetune"

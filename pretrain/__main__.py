@@ -1,0 +1,61 @@
+"""``python -m pretrain``: compose the config, train the pretext task, export its encoder."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import hydra
+import lightning as L
+from hydra.core.hydra_config import HydraConfig
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from pretrain.encoders import build_encoder
+from pretrain.export import save_encoder
+from pretrain.files import write_json
+from pretrain.trainer import build_trainer
+
+
+def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
+    """Pretrain as ``cfg`` says, write ``encoder.safetensors`` and ``results.json`` to ``run_dir``."""
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    datamodule = instantiate(cfg.data)
+    datamodule.setup("fit")
+    info = datamodule.info
+    encoder = build_encoder(input_shape=info.input_shape, **OmegaConf.to_container(cfg.backbone, resolve=True))
+    # Objects go in after instantiation: Hydra would turn the DataInfo dataclass into a config.
+    task = instantiate(cfg.task, _partial_=True)(encoder=encoder, optimizer=instantiate(cfg.optimizer), data=info)
+    trainer = build_trainer(cfg.trainer, run_dir)
+    trainer.fit(task, datamodule=datamodule, ckpt_path=cfg.resume)
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+    results = {
+        "kind": "pretrain",
+        "task": task.name,
+        "seed": cfg.seed,
+        "metrics": metrics,
+        "encoder_file": str(run_dir / "encoder.safetensors"),
+        "config": OmegaConf.to_container(cfg, resolve=True),
+    }
+    if trainer.is_global_zero:
+        save_encoder(
+            run_dir / "encoder.safetensors",
+            task.encoder,
+            mean=list(info.mean),
+            std=list(info.std),
+            pretext={"task": task.name, "config": OmegaConf.to_container(cfg.task, resolve=True)},
+            data={"name": info.name, "classes": list(info.classes), "num_train": info.num_train},
+            metrics=metrics,
+        )
+        write_json(run_dir / "results.json", results)
+        print(f"encoder written to {run_dir / 'encoder.safetensors'}")
+    return results
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="pretrain")
+def main(cfg: DictConfig) -> None:
+    run(cfg, Path(HydraConfig.get().runtime.output_dir))
+
+
+if __name__ == "__main__":
+    main()

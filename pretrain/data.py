@@ -1,0 +1,477 @@
+"""Image data sets held in memory as uint8 tensors and served as whole batches.
+
+A data set is decoded once per process into ``(N, C, H, W)`` uint8 tensors. A batch is
+one indexing operation on those tensors; it is converted to float, augmented and
+normalized on the device it trains on (``on_after_batch_transfer``), so the hot path has
+no per-sample Python work and no PIL.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import warnings
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+DATA_ENV = "PRETEXT_DATA"
+"""Environment variable naming the folder that holds torchvision-layout data sets."""
+
+
+class DataError(ValueError):
+    """A data set cannot be found or a selection from it cannot be made."""
+
+
+@dataclass(frozen=True)
+class ImageSet:
+    images: Tensor  # (N, C, H, W) uint8
+    labels: Tensor  # (N,) int64
+    classes: tuple[str, ...]
+
+    def subset(self, index: Tensor) -> ImageSet:
+        return ImageSet(self.images[index], self.labels[index], self.classes)
+
+
+@dataclass(frozen=True)
+class DataInfo:
+    """What a model needs to know about its data, and what an encoder file records."""
+
+    name: str
+    input_shape: tuple[int, int, int]
+    classes: tuple[str, ...]
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    num_train: int
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+
+# --- sources: each returns (train, test) ---------------------------------------------------
+
+
+def _load_digits(root: str | None, download: bool) -> tuple[ImageSet, ImageSet]:
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    digits = load_digits()
+    # Pixels are counts 0..16 of an 8x8 grid; scale to the 0..255 range of the other sets.
+    images = torch.from_numpy(np.rint(digits.images * (255 / 16)).astype(np.uint8)).unsqueeze(1)
+    labels = torch.from_numpy(digits.target.astype(np.int64))
+    # The set has no official test split: a fixed stratified quarter, the same for every run.
+    train_idx, test_idx = train_test_split(
+        np.arange(len(labels)), test_size=0.25, stratify=digits.target, random_state=0
+    )
+    classes = tuple(str(i) for i in range(10))
+    full = ImageSet(images, labels, classes)
+    return full.subset(torch.from_numpy(train_idx)), full.subset(torch.from_numpy(test_idx))
+
+
+def _torchvision_loader(dataset_name: str):
+    def load(root: str | None, download: bool) -> tuple[ImageSet, ImageSet]:
+        import torchvision.datasets as tvd
+
+        cls = getattr(tvd, dataset_name)
+        root = _require_root(root, dataset_name)
+        try:
+            splits = [cls(root=root, train=train, download=download) for train in (True, False)]
+        except RuntimeError as err:
+            raise DataError(
+                f"{dataset_name} was not found under {Path(root) / dataset_name / 'raw'} "
+                f"(torchvision said: {err}). Point data.root (or the {DATA_ENV} environment variable) "
+                f"at a folder that holds {dataset_name}/raw, set data.download=true on a machine "
+                "with network access, or use data=digits, which needs no files."
+            ) from None
+        classes = tuple(c.split(" - ")[-1].lower().replace("/", "_") for c in splits[0].classes)
+        return tuple(ImageSet(s.data.unsqueeze(1).contiguous(), s.targets.long(), classes) for s in splits)
+
+    return load
+
+
+def _require_root(root: str | None, what: str) -> str:
+    root = root or os.environ.get(DATA_ENV)
+    if not root:
+        raise DataError(
+            f"{what} needs a data folder: set data.root=PATH or the {DATA_ENV} environment variable, "
+            "or use data=digits, which needs no files."
+        )
+    return str(root)
+
+
+def _load_folder(
+    root: str | None, image_size: Sequence[int] | None, grayscale: bool, on_bad_file: str
+) -> tuple[ImageSet, ImageSet]:
+    """A folder of images, one subfolder per class; ``root/train`` and ``root/test`` if present."""
+    root_path = Path(_require_root(root, "data=folder"))
+    if not root_path.is_dir():
+        raise DataError(f"image folder {root_path} does not exist: point data.root at a folder of class folders")
+    has_split = (root_path / "train").is_dir() and (root_path / "test").is_dir()
+    if has_split:
+        return tuple(_read_image_folder(root_path / s, image_size, grayscale, on_bad_file) for s in ("train", "test"))
+    full = _read_image_folder(root_path, image_size, grayscale, on_bad_file)
+    train_idx, test_idx = _stratified_split(full.labels, 0.2, seed=0)  # fixed, the same for every run
+    return full.subset(train_idx), full.subset(test_idx)
+
+
+def _read_image_folder(folder: Path, image_size: Sequence[int] | None, grayscale: bool, on_bad_file: str) -> ImageSet:
+    from PIL import Image, UnidentifiedImageError
+    from torchvision.datasets import ImageFolder
+    from torchvision.transforms.v2.functional import pil_to_tensor, resize
+
+    if on_bad_file not in ("error", "skip"):
+        raise DataError(f"data.on_bad_file must be 'error' or 'skip', not {on_bad_file!r}")
+    # Any extension: a non-image file is then a bad file to report, not one silently passed over.
+    index = ImageFolder(str(folder), is_valid_file=lambda p: not Path(p).name.startswith("."))
+    images, labels, bad = [], [], []
+    for path, label in index.samples:
+        try:
+            with Image.open(path) as im:
+                im = im.convert("L" if grayscale else "RGB")
+                tensor = pil_to_tensor(im)
+        except (UnidentifiedImageError, OSError) as err:
+            bad.append(f"{path} ({err.__class__.__name__})")
+            continue
+        if image_size is not None:
+            tensor = resize(tensor, list(image_size), antialias=True)
+        images.append(tensor)
+        labels.append(label)
+    if bad:
+        listing = "\n  ".join(bad)
+        if on_bad_file == "error":
+            raise DataError(
+                f"{len(bad)} unreadable file(s) in {folder}:\n  {listing}\n"
+                "Remove them, or set data.on_bad_file=skip to skip them with a warning."
+            )
+        warnings.warn(f"skipped {len(bad)} unreadable file(s) in {folder}:\n  {listing}", stacklevel=2)
+    if not images:
+        raise DataError(f"no readable images in {folder}: expected one subfolder of images per class")
+    shapes = {tuple(t.shape) for t in images}
+    if len(shapes) > 1:
+        raise DataError(f"images in {folder} differ in size ({sorted(shapes)[:3]}...): set data.image_size=[H,W]")
+    return ImageSet(torch.stack(images), torch.tensor(labels, dtype=torch.long), tuple(index.classes))
+
+
+SOURCES = {
+    "digits": _load_digits,
+    "fashion_mnist": _torchvision_loader("FashionMNIST"),
+    "mnist": _torchvision_loader("MNIST"),
+}
+
+
+@functools.lru_cache(maxsize=8)
+def load_source(
+    name: str,
+    root: str | None = None,
+    download: bool = False,
+    image_size: tuple[int, ...] | None = None,
+    grayscale: bool = True,
+    on_bad_file: str = "error",
+) -> tuple[ImageSet, ImageSet]:
+    """The (train, test) splits of a data set, decoded once per process and then cached."""
+    if name == "folder":
+        return _load_folder(root, image_size, grayscale, on_bad_file)
+    if name not in SOURCES:
+        raise DataError(f"unknown data set {name!r}: choose one of {sorted([*SOURCES, 'folder'])}")
+    return SOURCES[name](root, download)
+
+
+# --- selection -----------------------------------------------------------------------------
+
+
+def resolve_classes(available: Sequence[str], wanted: Sequence[int | str]) -> list[int]:
+    """Class indices for a list of class indices or names (names are matched case-insensitively)."""
+    lookup = {name.lower(): i for i, name in enumerate(available)}
+    out = []
+    for c in wanted:
+        if isinstance(c, bool) or not isinstance(c, int | str):
+            raise DataError(f"class {c!r} must be an index or a name")
+        if isinstance(c, int):
+            if not 0 <= c < len(available):
+                raise DataError(f"class index {c} is out of range: this data set has classes 0..{len(available) - 1}")
+            out.append(c)
+        elif c.lower() in lookup:
+            out.append(lookup[c.lower()])
+        else:
+            raise DataError(f"unknown class {c!r}: this data set's classes are {list(available)}")
+    if len(set(out)) != len(out):
+        raise DataError(f"class list {list(wanted)} names a class twice")
+    return out
+
+
+def select_classes(train: ImageSet, test: ImageSet, keep: Sequence[int]) -> tuple[ImageSet, ImageSet]:
+    """Keep only the given classes, relabelled 0..n-1 in the order given."""
+    remap = torch.full((len(train.classes),), -1, dtype=torch.long)
+    remap[torch.tensor(keep, dtype=torch.long)] = torch.arange(len(keep))
+    classes = tuple(train.classes[i] for i in keep)
+
+    def apply(s: ImageSet) -> ImageSet:
+        new = remap[s.labels]
+        mask = new >= 0
+        return ImageSet(s.images[mask], new[mask], classes)
+
+    return apply(train), apply(test)
+
+
+def stratified_indices(labels: Tensor, count: int, generator: torch.Generator) -> Tensor:
+    """Exactly ``count`` indices, spread as evenly as possible over the classes present."""
+    classes = labels.unique()
+    if count < len(classes):
+        raise DataError(
+            f"a budget of {count} images cannot cover the {len(classes)} classes: use at least {len(classes)}"
+        )
+    if count > len(labels):
+        raise DataError(f"asked for {count} images but the chosen classes have only {len(labels)}")
+    per_class = [torch.nonzero(labels == c).flatten() for c in classes]
+    per_class = [idx[torch.randperm(len(idx), generator=generator)] for idx in per_class]
+    quota = torch.full((len(classes),), count // len(classes))
+    # The remainder goes to randomly chosen classes that still have images to give.
+    for i in torch.randperm(len(classes), generator=generator)[: count % len(classes)]:
+        quota[i] += 1
+    short = [(classes[i].item(), len(idx), quota[i].item()) for i, idx in enumerate(per_class) if len(idx) < quota[i]]
+    if short:
+        raise DataError(f"classes {short} (class, available, needed) have too few images for a budget of {count}")
+    chosen = torch.cat([idx[:q] for idx, q in zip(per_class, quota.tolist(), strict=True)])
+    return chosen[torch.randperm(len(chosen), generator=generator)]
+
+
+def _stratified_split(labels: Tensor, fraction: float, seed: int) -> tuple[Tensor, Tensor]:
+    """Indices (rest, held_out) with about ``fraction`` of each class held out."""
+    generator = torch.Generator().manual_seed(seed)
+    held = stratified_indices(labels, max(len(labels.unique()), round(fraction * len(labels))), generator)
+    mask = torch.ones(len(labels), dtype=torch.bool)
+    mask[held] = False
+    return torch.nonzero(mask).flatten(), held
+
+
+def channel_stats(images: Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel mean and std on the 0..1 scale, computed exactly in integer arithmetic."""
+    x = images.transpose(0, 1).reshape(images.shape[1], -1).long()
+    n = x.shape[1]
+    mean = x.sum(1).double() / n
+    var = (x * x).sum(1).double() / n - mean**2
+    return tuple((mean / 255).tolist()), tuple((var.clamp_min(1e-12).sqrt() / 255).tolist())
+
+
+# --- batches -------------------------------------------------------------------------------
+
+
+class EpochPermutation:
+    """The order of one epoch: a permutation drawn from (seed, epoch), or the identity.
+
+    Under distributed training each rank takes every ``world_size``-th index of the same
+    permutation; shuffled (training) shards are cut to equal length so that every rank
+    takes the same number of steps. Lightning calls ``set_epoch`` at every epoch start,
+    resumed runs included, as it does for a DataLoader's sampler.
+    """
+
+    def __init__(self, size: int, shuffle: bool, seed: int = 0, rank: int = 0, world_size: int = 1) -> None:
+        self.size, self.shuffle, self.seed = size, shuffle, seed
+        self.rank, self.world_size = rank, world_size
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def order(self) -> Tensor:
+        if self.shuffle:
+            seed = int(np.random.SeedSequence([self.seed, self.epoch]).generate_state(1)[0])
+            order = torch.randperm(self.size, generator=torch.Generator().manual_seed(seed))
+            order = order[: self.size - self.size % self.world_size]
+        else:
+            order = torch.arange(self.size)
+        return order[self.rank :: self.world_size]
+
+    def __len__(self) -> int:
+        return -(-self.size // self.world_size) if not self.shuffle else self.size // self.world_size
+
+
+class TensorBatches:
+    """Whole batches gathered from in-memory tensors in the order of an ``EpochPermutation``.
+
+    Shaped like a DataLoader where Lightning looks (``sampler``, ``batch_sampler``), so it
+    reshuffles per epoch; there are no workers and no collation, one index per batch.
+    """
+
+    batch_sampler = None
+
+    def __init__(self, images: Tensor, labels: Tensor, batch_size: int, sampler: EpochPermutation) -> None:
+        self.images, self.labels = images, labels
+        self.batch_size, self.sampler = batch_size, sampler
+
+    def __len__(self) -> int:
+        full, rest = divmod(len(self.sampler), self.batch_size)
+        return full + (rest > 1 or (rest == 1 and not self.sampler.shuffle))
+
+    def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
+        order = self.sampler.order().to(self.images.device)
+        for start in range(0, len(order), self.batch_size):
+            index = order[start : start + self.batch_size]
+            if self.sampler.shuffle and len(index) == 1:
+                break  # a training batch of one breaks batch norm; the image returns next epoch
+            yield self.images[index], self.labels[index]
+
+
+def augment_batch(x: Tensor, hflip: bool, max_shift: int) -> Tensor:
+    """Per-image random horizontal flips and translations of a float batch, fully vectorized."""
+    n = x.shape[0]
+    if hflip:
+        flip = torch.rand(n, device=x.device) < 0.5
+        x = torch.where(flip[:, None, None, None], x.flip(-1), x)
+    if max_shift > 0:
+        h, w = x.shape[-2:]
+        shift = torch.randint(-max_shift, max_shift + 1, (n, 2), device=x.device).to(x.dtype)
+        theta = torch.zeros(n, 2, 3, device=x.device, dtype=x.dtype)
+        theta[:, 0, 0] = theta[:, 1, 1] = 1
+        theta[:, 0, 2] = 2 * shift[:, 0] / w
+        theta[:, 1, 2] = 2 * shift[:, 1] / h
+        grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+        x = F.grid_sample(x, grid, mode="nearest", padding_mode="zeros", align_corners=False)
+    return x
+
+
+def normalize(images: Tensor, mean: Sequence[float], std: Sequence[float]) -> Tensor:
+    """0..255 images (uint8 or float) to ``(x / 255 - mean) / std`` per channel."""
+    scale = torch.tensor([1 / (255 * s) for s in std], device=images.device).view(1, -1, 1, 1)
+    shift = torch.tensor([m / s for m, s in zip(mean, std, strict=True)], device=images.device).view(1, -1, 1, 1)
+    return images.float() * scale - shift
+
+
+class ImageDataModule(L.LightningDataModule):
+    """Train/val/test splits of one data set, with class selection and a label budget.
+
+    The training pool is the data set's training split restricted to the chosen classes.
+    A validation set of ``val_size`` images (a count, or a fraction of the pool) is drawn
+    from it first, stratified; the training set is the rest, or exactly ``label_budget``
+    images of it, stratified. Both draws depend on ``seed`` only. The test set is the
+    official test split of the chosen classes.
+    """
+
+    def __init__(
+        self,
+        name: str = "digits",
+        root: str | None = None,
+        download: bool = False,
+        classes: Sequence[int | str] | None = None,
+        exclude_classes: Sequence[int | str] | None = None,
+        label_budget: int | None = None,
+        val_size: float = 0,
+        batch_size: int = 128,
+        eval_batch_size: int = 1024,
+        seed: int = 0,
+        mean: Sequence[float] | None = None,
+        std: Sequence[float] | None = None,
+        hflip: bool = False,
+        max_shift: int = 0,
+        image_size: Sequence[int] | None = None,
+        grayscale: bool = True,
+        on_bad_file: str = "error",
+    ) -> None:
+        super().__init__()
+        self.name, self.root, self.download = name, root, download
+        self.classes, self.exclude_classes = classes, exclude_classes
+        self.label_budget, self.val_size = label_budget, val_size
+        self.batch_size, self.eval_batch_size, self.seed = batch_size, eval_batch_size, seed
+        self.mean, self.std = mean, std
+        self.hflip, self.max_shift = hflip, max_shift
+        self.image_size = tuple(image_size) if image_size is not None else None
+        self.grayscale, self.on_bad_file = grayscale, on_bad_file
+        self.train_set: ImageSet | None = None
+        self.val_set: ImageSet | None = None
+        self.test_set: ImageSet | None = None
+        self.info: DataInfo | None = None
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.info is not None:
+            return
+        train, test = load_source(
+            self.name, self.root, self.download, self.image_size, self.grayscale, self.on_bad_file
+        )
+        keep = self._kept_classes(train.classes)
+        if keep is not None:
+            train, test = select_classes(train, test, keep)
+        generator = torch.Generator().manual_seed(self.seed)
+        pool = torch.arange(len(train.labels))
+        val = pool[:0]
+        n_val = self._val_count(len(pool))
+        if n_val:
+            val = stratified_indices(train.labels, n_val, generator)
+            mask = torch.ones(len(pool), dtype=torch.bool)
+            mask[val] = False
+            pool = pool[mask]
+        if self.label_budget is not None:
+            pool = pool[stratified_indices(train.labels[pool], self.label_budget, generator)]
+        mean, std = channel_stats(train.images) if self.mean is None or self.std is None else (None, None)
+        mean, std = self.mean if self.mean is not None else mean, self.std if self.std is not None else std
+        self.train_set, self.val_set, self.test_set = train.subset(pool), train.subset(val), test
+        self.info = DataInfo(
+            name=self.name,
+            input_shape=tuple(train.images.shape[1:]),
+            classes=train.classes,
+            mean=tuple(float(m) for m in mean),
+            std=tuple(float(s) for s in std),
+            num_train=len(pool),
+        )
+        if len(self.info.mean) != self.info.input_shape[0] or len(self.info.std) != self.info.input_shape[0]:
+            raise DataError(
+                f"normalization has {len(self.info.mean)} mean / {len(self.info.std)} std values but the "
+                f"images have {self.info.input_shape[0]} channel(s)"
+            )
+
+    def _kept_classes(self, available: tuple[str, ...]) -> list[int] | None:
+        if self.classes is None and not self.exclude_classes:
+            return None
+        keep = resolve_classes(available, self.classes) if self.classes is not None else range(len(available))
+        drop = set(resolve_classes(available, self.exclude_classes or []))
+        keep = [c for c in keep if c not in drop]
+        if not keep:
+            raise DataError(
+                f"the class selection (classes={self.classes}, exclude_classes={self.exclude_classes}) is empty"
+            )
+        return keep
+
+    def _val_count(self, pool_size: int) -> int:
+        if self.val_size < 0:
+            raise DataError(f"data.val_size must be >= 0, not {self.val_size}")
+        count = round(self.val_size * pool_size) if 0 < self.val_size < 1 else int(self.val_size)
+        if count >= pool_size:
+            raise DataError(f"data.val_size={self.val_size} leaves no training images out of {pool_size}")
+        return count
+
+    # Batches live on the training device when it is an accelerator: the whole set is a few
+    # hundred MB of uint8 at most, and indexing it there skips a host-to-device copy per step.
+    def _loader(self, split: ImageSet, batch_size: int, shuffle: bool) -> TensorBatches:
+        rank, world, device = 0, 1, torch.device("cpu")
+        if self.trainer is not None:
+            rank, world = self.trainer.global_rank, self.trainer.world_size
+            device = self.trainer.strategy.root_device
+        images, labels = split.images, split.labels
+        if device.type != "cpu":
+            images, labels = images.to(device), labels.to(device)
+        return TensorBatches(images, labels, batch_size, EpochPermutation(len(labels), shuffle, self.seed, rank, world))
+
+    def train_dataloader(self) -> TensorBatches:
+        return self._loader(self.train_set, self.batch_size, shuffle=True)
+
+    def val_dataloader(self) -> TensorBatches | list:
+        return self._loader(self.val_set, self.eval_batch_size, shuffle=False) if len(self.val_set.labels) else []
+
+    def test_dataloader(self) -> TensorBatches:
+        return self._loader(self.test_set, self.eval_batch_size, shuffle=False)
+
+    def normalize(self, images: Tensor) -> Tensor:
+        """uint8 (or 0..255 float) images to normalized float, on whatever device they are."""
+        return normalize(images, self.info.mean, self.info.std)
+
+    def on_after_batch_transfer(self, batch: tuple[Tensor, Tensor], dataloader_idx: int) -> tuple[Tensor, Tensor]:
+        images, labels = batch
+        if self.trainer is not None and self.trainer.training and (self.hflip or self.max_shift):
+            images = augment_batch(images.float(), self.hflip, self.max_shift)
+        return self.normalize(images), labels

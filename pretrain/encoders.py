@@ -1,0 +1,210 @@
+"""Encoders: ordered stacks of named blocks, built from a fixed registry of architectures.
+
+"Reuse the lower k blocks", "drop the top block" and "unfreeze the top two" are slices of
+``Encoder.blocks``; no other code reaches into layer names. An encoder is rebuilt from
+``(arch, input_shape, options)`` alone, which is what an encoder file records.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+Block = tuple[str, nn.Module]
+
+ACTIVATIONS: dict[str, type[nn.Module]] = {
+    "relu": nn.ReLU,
+    "selu": nn.SELU,
+    "elu": nn.ELU,
+    "gelu": nn.GELU,
+    "leaky_relu": nn.LeakyReLU,
+    "tanh": nn.Tanh,
+}
+
+
+class EncoderError(ValueError):
+    """An encoder cannot be built as asked."""
+
+
+class Encoder(nn.Module):
+    """A stack of named blocks plus the facts needed to rebuild it."""
+
+    def __init__(self, arch: str, input_shape: Sequence[int], options: dict[str, Any], blocks: list[Block]):
+        super().__init__()
+        self.arch = arch
+        self.input_shape = tuple(int(d) for d in input_shape)
+        self.options = options
+        self.blocks = nn.Sequential(OrderedDict(blocks))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.blocks(x)
+
+    def __len__(self) -> int:
+        return len(self.blocks)
+
+    @property
+    def block_names(self) -> list[str]:
+        return [name for name, _ in self.blocks.named_children()]
+
+    def block_shapes(self) -> list[tuple[int, ...]]:
+        """Output shape (without the batch dimension) of every block, input shape first."""
+        shapes = [self.input_shape]
+        was_training = self.training
+        self.eval()
+        # Two images: some blocks (batch norm in train mode, token pooling) dislike a batch of one.
+        x = torch.zeros(2, *self.input_shape, device=next(self.parameters()).device)
+        with torch.no_grad():
+            for block in self.blocks:
+                x = block(x)
+                shapes.append(tuple(x.shape[1:]))
+        self.train(was_training)
+        return shapes
+
+    def truncated(self, depth: int) -> Encoder:
+        """The lower ``depth`` blocks, sharing their modules with this encoder."""
+        if not 1 <= depth <= len(self):
+            raise EncoderError(
+                f"cannot keep {depth} block(s) of a {len(self)}-block {self.arch} encoder "
+                f"({', '.join(self.block_names)}): choose 1..{len(self)}"
+            )
+        return Encoder(self.arch, self.input_shape, self.options, list(self.blocks.named_children())[:depth])
+
+    def spec(self) -> dict[str, Any]:
+        """Everything ``build_encoder`` needs to rebuild this architecture."""
+        return {"arch": self.arch, "input_shape": list(self.input_shape), "options": self.options, "depth": len(self)}
+
+
+class GlobalPool(nn.Module):
+    """Features of any block as one vector per image: mean over space or tokens."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.dim() == 4:
+            return x.mean(dim=(2, 3))
+        if x.dim() == 3:
+            return x.mean(dim=1)
+        return x.flatten(1)
+
+
+def feature_dim(shape: Sequence[int]) -> int:
+    """Width of ``GlobalPool``'s output for block output ``shape`` (no batch dimension)."""
+    return int(shape[-1]) if len(shape) == 2 else int(shape[0])
+
+
+def _activation(name: str) -> nn.Module:
+    if name not in ACTIVATIONS:
+        raise EncoderError(f"unknown activation {name!r}: choose one of {sorted(ACTIVATIONS)}")
+    return ACTIVATIONS[name]()
+
+
+def _init_for(activation: str) -> Callable[[nn.Module], None]:
+    # SELU self-normalizes only with LeCun-normal weights; ReLU-like units want He init.
+    nonlinearity = "linear" if activation in ("selu", "tanh") else "relu"
+
+    def init(module: nn.Module) -> None:
+        if isinstance(module, nn.Linear | nn.Conv2d):
+            nn.init.kaiming_normal_(module.weight, nonlinearity=nonlinearity)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+
+    return init
+
+
+def mlp(
+    input_shape: Sequence[int],
+    widths: Sequence[int] = (300, 100, 50, 50, 50),
+    activation: str = "selu",
+    batch_norm: bool = False,
+    dropout: float = 0.0,
+) -> list[Block]:
+    """Dense layers on the flattened image; one block per hidden layer."""
+    if not widths:
+        raise EncoderError("an mlp needs at least one hidden width (backbone.widths)")
+    blocks, fan_in = [], int(torch.tensor(input_shape).prod())
+    for i, width in enumerate(widths):
+        layers: list[nn.Module] = [nn.Flatten()] if i == 0 else []
+        layers.append(nn.Linear(fan_in, width))
+        if batch_norm:
+            layers.append(nn.BatchNorm1d(width))
+        layers.append(_activation(activation))
+        if dropout:
+            layers.append(nn.AlphaDropout(dropout) if activation == "selu" else nn.Dropout(dropout))
+        block = nn.Sequential(*layers)
+        block.apply(_init_for(activation))
+        blocks.append((f"dense{i + 1}", block))
+        fan_in = width
+    return blocks
+
+
+def cnn(
+    input_shape: Sequence[int],
+    channels: Sequence[int] = (32, 64, 128),
+    activation: str = "relu",
+    batch_norm: bool = True,
+) -> list[Block]:
+    """3x3 conv blocks; each halves the resolution while it is at least 2 pixels."""
+    blocks, c_in, size = [], int(input_shape[0]), min(int(input_shape[1]), int(input_shape[2]))
+    for i, c_out in enumerate(channels):
+        layers: list[nn.Module] = [nn.Conv2d(c_in, c_out, 3, padding=1, bias=not batch_norm)]
+        if batch_norm:
+            layers.append(nn.BatchNorm2d(c_out))
+        layers.append(_activation(activation))
+        if size >= 2:
+            layers.append(nn.MaxPool2d(2))
+            size //= 2
+        block = nn.Sequential(*layers)
+        block.apply(_init_for(activation))
+        blocks.append((f"conv{i + 1}", block))
+        c_in = c_out
+    return blocks
+
+
+def resnet18(input_shape: Sequence[int]) -> list[Block]:
+    """torchvision's ResNet-18 (random weights) with a 3x3 stride-1 stem and no max pool,
+    so 8x8 to 32x32 grayscale images keep enough resolution; blocks stem, layer1..layer4."""
+    from torchvision.models import resnet18 as tv_resnet18
+
+    net = tv_resnet18(weights=None)
+    stem = nn.Sequential(nn.Conv2d(int(input_shape[0]), 64, 3, stride=1, padding=1, bias=False), net.bn1, net.relu)
+    nn.init.kaiming_normal_(stem[0].weight, mode="fan_out", nonlinearity="relu")
+    return [
+        ("stem", stem),
+        ("layer1", net.layer1),
+        ("layer2", net.layer2),
+        ("layer3", net.layer3),
+        ("layer4", net.layer4),
+    ]
+
+
+BACKBONES: dict[str, Callable[..., list[Block]]] = {"mlp": mlp, "cnn": cnn, "resnet18": resnet18}
+"""The only architectures an encoder file may name."""
+
+
+def build_encoder(arch: str, input_shape: Sequence[int], depth: int | None = None, **options: Any) -> Encoder:
+    """A fresh encoder of a registered architecture for images of ``input_shape`` (C, H, W),
+    cut to its lower ``depth`` blocks if given."""
+    if arch not in BACKBONES:
+        raise EncoderError(f"unknown backbone {arch!r}: choose one of {sorted(BACKBONES)}")
+    if len(input_shape) != 3 or any(int(d) < 1 for d in input_shape):
+        raise EncoderError(f"input_shape must be (channels, height, width), not {tuple(input_shape)}")
+    builder = BACKBONES[arch]
+    try:
+        bound = inspect.signature(builder).bind(input_shape, **options)
+    except TypeError as err:
+        params = [p for p in inspect.signature(builder).parameters if p != "input_shape"]
+        raise EncoderError(f"backbone {arch!r}: {err}; its options are {params}") from None
+    bound.apply_defaults()
+    resolved = {k: _plain(v) for k, v in bound.arguments.items() if k != "input_shape"}
+    encoder = Encoder(arch, input_shape, resolved, builder(input_shape, **resolved))
+    return encoder if depth is None or depth == len(encoder) else encoder.truncated(depth)
+
+
+def _plain(value: Any) -> Any:
+    """Options as JSON-friendly values (OmegaConf lists and tuples become lists)."""
+    if isinstance(value, str | int | float | bool) or value is None:
+        return value
+    return [_plain(v) for v in value]

@@ -1,0 +1,1 @@
+"""Pretext tasks: one LightningModule per file, each exposing ``.encoder``."""

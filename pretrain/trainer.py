@@ -1,0 +1,39 @@
+"""The Lightning Trainer both entry points use: loggers, checkpoints and monitors in the run folder."""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+
+import lightning as L
+from hydra.utils import instantiate
+from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ModelCheckpoint
+from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+from omegaconf import DictConfig
+
+# Lightning warnings that are expected here, not problems: frozen blocks are in eval mode on
+# purpose, a few-label run has no validation set, and short epochs log less often than
+# log_every_n_steps.
+for message in (
+    r"Found \d+ module\(s\) in eval mode",
+    r"Total length of `list` across ranks is zero",
+    r"The number of training batches \(\d+\) is smaller than the logging interval",
+):
+    warnings.filterwarnings("ignore", message=message)
+
+
+def build_trainer(trainer_cfg: DictConfig, run_dir: Path, callbacks: Sequence[Callback] = ()) -> L.Trainer:
+    """A Trainer from ``conf/trainer``, logging to ``run_dir/tensorboard`` and ``run_dir/csv``
+    and keeping ``run_dir/checkpoints/last.ckpt`` up to date for resuming."""
+    loggers = [
+        TensorBoardLogger(save_dir=run_dir, name="", version="tensorboard", default_hp_metric=False),
+        CSVLogger(save_dir=run_dir, name="", version="csv"),
+    ]
+    checkpoint = ModelCheckpoint(dirpath=run_dir / "checkpoints", save_last=True, save_top_k=0)
+    return instantiate(
+        trainer_cfg,
+        default_root_dir=str(run_dir),
+        logger=loggers,
+        callbacks=[checkpoint, LearningRateMonitor(logging_interval="epoch"), *callbacks],
+    )

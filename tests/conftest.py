@@ -1,0 +1,39 @@
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig
+
+REPO = Path(__file__).resolve().parents[1]
+CONF = REPO / "conf"
+
+
+def data_root() -> Path | None:
+    """The real data folder: PRETEXT_DATA, else ../shared/data beside the repository."""
+    for candidate in (os.environ.get("PRETEXT_DATA"), REPO.parent / "shared" / "data"):
+        if candidate and (Path(candidate) / "FashionMNIST" / "raw").is_dir():
+            return Path(candidate)
+    return None
+
+
+@pytest.fixture
+def real_data() -> Path:
+    """Path of the real data sets; CI sets PRETEXT_REQUIRE_DATA=1 so that a missing folder fails."""
+    root = data_root()
+    if root is None:
+        if os.environ.get("PRETEXT_REQUIRE_DATA") == "1":
+            pytest.fail("PRETEXT_REQUIRE_DATA=1 but no data folder: set PRETEXT_DATA to shared/data")
+        pytest.skip("no real data folder (set PRETEXT_DATA)")
+    return root
+
+
+def make_config(name: str, overrides: list[str] = ()) -> DictConfig:
+    """The config `python -m pretrain|finetune OVERRIDES` would run, composed in-process."""
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return compose(config_name=name, overrides=list(overrides))
+
+
+QUIET = ["trainer.enable_progress_bar=false", "trainer.enable_model_summary=false"]

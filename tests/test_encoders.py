@@ -1,0 +1,61 @@
+"""Encoders: block stacks of every family, slicing, and clear errors."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from pretrain.encoders import BACKBONES, EncoderError, GlobalPool, build_encoder, feature_dim
+
+
+@pytest.mark.parametrize("arch", sorted(BACKBONES))
+@pytest.mark.parametrize("shape", [(1, 8, 8), (1, 28, 28), (3, 32, 32)])
+def test_every_family_is_a_stack_of_blocks(arch, shape):
+    encoder = build_encoder(arch, shape)
+    shapes = encoder.block_shapes()
+    assert len(shapes) == len(encoder) + 1 and shapes[0] == shape
+    out = encoder(torch.randn(2, *shape))
+    assert tuple(out.shape[1:]) == shapes[-1]
+    pooled = GlobalPool()(out)
+    assert pooled.shape == (2, feature_dim(shapes[-1]))
+
+
+def test_seed_model_a():
+    encoder = build_encoder("mlp", (1, 28, 28), widths=[300, 100, 50, 50, 50], activation="selu")
+    assert encoder.block_names == ["dense1", "dense2", "dense3", "dense4", "dense5"]
+    assert [s[0] for s in encoder.block_shapes()[1:]] == [300, 100, 50, 50, 50]
+
+
+def test_resnet_blocks():
+    assert build_encoder("resnet18", (1, 28, 28)).block_names == ["stem", "layer1", "layer2", "layer3", "layer4"]
+
+
+def test_truncated_shares_modules_and_rebuilds():
+    encoder = build_encoder("cnn", (1, 28, 28), channels=[4, 8, 16])
+    lower = encoder.truncated(2)
+    assert len(lower) == 2 and lower.blocks[0] is encoder.blocks[0]
+    assert lower.spec()["depth"] == 2
+    assert len(build_encoder(**{k: v for k, v in lower.spec().items() if k != "options"}, **lower.options)) == 2
+    with pytest.raises(EncoderError, match="choose 1..3"):
+        encoder.truncated(4)
+
+
+def test_selu_mlp_is_self_normalizing():
+    torch.manual_seed(0)
+    encoder = build_encoder("mlp", (1, 28, 28), widths=[256] * 8, activation="selu")
+    out = encoder(torch.randn(512, 1, 28, 28))
+    assert abs(out.mean().item()) < 0.2 and 0.7 < out.std().item() < 1.3
+
+
+@pytest.mark.parametrize(
+    "arch,kw,message",
+    [
+        ("transformer9000", {}, "unknown backbone"),
+        ("mlp", {"widthz": [3]}, "its options are"),
+        ("mlp", {"activation": "swishy"}, "unknown activation"),
+        ("mlp", {"widths": []}, "at least one hidden width"),
+    ],
+)
+def test_bad_encoder_options(arch, kw, message):
+    with pytest.raises(EncoderError, match=message):
+        build_encoder(arch, (1, 8, 8), **kw)
