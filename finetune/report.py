@@ -115,15 +115,16 @@ def find_results(paths: Sequence[str | Path]) -> tuple[list[Path], list[str]]:
             found = sorted(path.rglob("results.json"))
             files += found
             have = {f.parent for f in found}
-            for run_dir in sorted(p.parent.parent for p in path.rglob(".hydra/config.yaml")):
+            run_dirs = sorted(p.parent.parent for p in path.rglob(".hydra/config.yaml"))
+            if not found and not run_dirs:
+                problems.append(f"{path}: no results.json and no run folder under this folder")
+            for run_dir in run_dirs:
                 if run_dir not in have:
                     log = ", ".join(str(p) for p in sorted(run_dir.glob("*.log"))) or "no log"
                     problems.append(
                         f"{run_dir / 'results.json'}: missing (the run failed, was stopped or is still running; "
                         f"see {log})"
                     )
-            if not found and not problems:
-                problems.append(f"{path}: no results.json under this folder")
         else:
             problems.append(f"{path}: no such file or folder")
     return list(dict.fromkeys(files)), problems

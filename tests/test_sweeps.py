@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from conftest import QUIET, REPO, make_config
 from hydra.core.global_hydra import GlobalHydra
 from omegaconf import OmegaConf
@@ -21,6 +22,7 @@ from finetune.report import make_report
 from pretrain.encoders import build_encoder
 from pretrain.export import save_encoder
 from pretrain.hydra_ddp import job_argv
+from pretrain.trainer import resolve_precision
 
 T975_1 = 12.706204736174698  # Student's t, 97.5% quantile, 1 degree of freedom
 
@@ -109,10 +111,54 @@ def test_multirun_survives_a_failed_run_and_the_report_matches_its_results(tmp_p
         )
 
 
+def test_slurm_launcher_turns_the_config_into_an_sbatch_job_array(tmp_path, monkeypatch):
+    """No cluster here: a stand-in sbatch keeps the job script that submitit hands it, and refuses it."""
+    stand_ins = tmp_path / "bin"
+    stand_ins.mkdir()
+    for command, script in [
+        ("srun", "exit 1"),
+        ("sbatch", f'cp "$1" {tmp_path / "job.sh"}; echo no cluster >&2; exit 1'),
+    ]:
+        (stand_ins / command).write_text(f"#!/bin/sh\n{script}\n")
+        (stand_ins / command).chmod(0o755)
+    monkeypatch.setenv("PATH", f"{stand_ins}{os.pathsep}{os.environ['PATH']}")
+    argv = ["-m", "hydra/launcher=slurm", "hydra.launcher.partition=gpu", "hydra.launcher.gpus_per_node=2"]
+    argv += ["hydra.launcher.array_parallelism=2", "trainer=ddp", "seed=0,1,2", f"hydra.sweep.dir={tmp_path / 'sweep'}"]
+    assert hydra_command(finetune_main.main, argv, monkeypatch) == 1
+    flags = {line for line in (tmp_path / "job.sh").read_text().splitlines() if line.startswith("#SBATCH")}
+    assert {
+        "#SBATCH --partition=gpu",
+        "#SBATCH --nodes=1",
+        "#SBATCH --gpus-per-node=2",
+        "#SBATCH --ntasks-per-node=2",  # one process per GPU
+        "#SBATCH --cpus-per-task=8",
+        "#SBATCH --mem=32GB",
+        "#SBATCH --time=60",
+        "#SBATCH --array=0-2%2",  # the sweep's 3 runs, at most 2 at a time
+        "#SBATCH --signal=USR2@120",
+    } <= flags
+
+
 def test_rank_processes_get_the_job_not_the_sweep():
     argv = ["x.py", "-m", "--config-name", "finetune", "-cd=/c", "seed=0,1", "encoder=a,b"]
     job = ["x.py", "--config-name", "finetune", "-cd=/c", "seed=1", "encoder=b"]
     assert job_argv(argv, ["seed=1", "encoder=b"]) == job
+
+
+def test_gpu_and_ddp_trainers_use_mixed_precision_where_the_gpu_has_it(monkeypatch):
+    gpu, ddp = make_config("pretrain", ["trainer=gpu"]).trainer, make_config("finetune", ["trainer=ddp"]).trainer
+    assert (gpu.accelerator, gpu.devices, gpu.precision) == ("gpu", 1, "mixed")
+    assert (ddp.strategy, ddp.devices, ddp.precision) == ("ddp", "auto", "mixed")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    for native_bf16, expected in ((True, "bf16-mixed"), (False, "16-mixed")):
+        # Older GPUs only emulate bfloat16 (slowly): that must count as no bfloat16.
+        monkeypatch.setattr(
+            torch.cuda, "is_bf16_supported", lambda including_emulation=True, b=native_bf16: b or including_emulation
+        )
+        assert resolve_precision("mixed", "gpu") == expected
+    assert resolve_precision("mixed", "cpu") == "32-true" and resolve_precision("16-mixed", "gpu") == "16-mixed"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert resolve_precision("mixed", "auto") == "32-true"
 
 
 def subprocess_env() -> dict[str, str]:

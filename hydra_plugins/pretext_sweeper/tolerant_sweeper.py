@@ -4,16 +4,15 @@ Hydra's basic sweeper launches a whole batch of runs (by default the whole sweep
 raises the error of the first failed run only; the others' errors are not shown anywhere.
 ``TolerantSweeper`` launches every batch, then lists every failed run (its overrides, its
 folder and its error) and ends with an error, so the command's exit status still says that
-something failed. ``LogJobError`` writes a failed run's traceback into that run's own log
-(``RUN/<job name>.log``), in the run's process, whichever launcher started it.
+something failed. (``pretrain.job_errors.LogJobError`` puts each failed run's traceback in
+that run's own log.)
 
-Select with ``hydra/sweeper=tolerant`` (the default of ``conf/pretrain.yaml`` and
-``conf/finetune.yaml``) and ``hydra.callbacks.log_job_error``.
+Select with ``hydra/sweeper=tolerant``, the default of ``conf/pretrain.yaml`` and
+``conf/finetune.yaml``.
 """
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 from typing import Any
 
@@ -21,10 +20,7 @@ from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.utils import JobReturn, JobStatus, filter_overrides
 from hydra.errors import CompactHydraException
-from hydra.experimental.callback import Callback
-from omegaconf import DictConfig, OmegaConf
-
-log = logging.getLogger(__name__)
+from omegaconf import OmegaConf
 
 
 class SweepFailures(CompactHydraException):
@@ -67,12 +63,3 @@ class TolerantSweeper(BasicSweeper):
                 f"{len(failures)} of {first} runs failed (each run's traceback is in its folder's log):\n  {listing}"
             )
         return returns
-
-
-class LogJobError(Callback):
-    """Logs a failed run's traceback to the run's own log, where the run happened."""
-
-    def on_job_end(self, config: DictConfig, job_return: JobReturn, **kwargs: Any) -> None:
-        if job_return.status == JobStatus.FAILED:
-            error = job_return._return_value
-            log.error("this run failed", exc_info=(type(error), error, error.__traceback__))
