@@ -16,7 +16,8 @@ from finetune.classifier import Classifier
 from finetune.schedule import FreezeSchedule
 from pretrain.encoders import build_encoder
 from pretrain.export import EncoderFile, load_encoder
-from pretrain.files import write_json
+from pretrain.files import sha256, write_json
+from pretrain.hydra_ddp import rank_processes_rerun_this_job
 from pretrain.trainer import build_trainer
 
 
@@ -67,8 +68,12 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         "label_budget": info.num_train,
         "data": {"name": info.name, "classes": list(info.classes)},
         "encoder_file": None if pretrained is None else str(Path(cfg.encoder).resolve()),
+        # The report tells encoders apart by content, and matches a transfer run to the
+        # from-scratch runs of the same architecture.
+        "encoder_sha256": None if pretrained is None else sha256(cfg.encoder),
         "pretext_task": None if pretrained is None else pretrained.pretext_task,
         "reused_blocks": reuse,
+        "architecture": encoder.spec(),
         "config": OmegaConf.to_container(cfg, resolve=True),
     }
     if trainer.is_global_zero:
@@ -83,7 +88,8 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="finetune")
 def main(cfg: DictConfig) -> None:
-    run(cfg, Path(HydraConfig.get().runtime.output_dir))
+    with rank_processes_rerun_this_job():
+        run(cfg, Path(HydraConfig.get().runtime.output_dir))
 
 
 if __name__ == "__main__":

@@ -41,7 +41,7 @@ class Classifier(Supervised):
         self.num_frozen = count
         # Under DDP a parameter's requires_grad must not change once the model is wrapped
         # (its gradient would silently stop being averaged): there, frozen parameters keep
-        # requires_grad and their gradients are dropped before each optimizer step instead.
+        # requires_grad and their gradients are dropped after each backward instead.
         distributed = self._trainer is not None and self.trainer.world_size > 1
         for i, block in enumerate(self.encoder.blocks):
             for p in block.parameters():
@@ -58,7 +58,9 @@ class Classifier(Supervised):
             block.eval()
         return self
 
-    def on_before_optimizer_step(self, optimizer: Optimizer) -> None:
+    def on_after_backward(self) -> None:
+        # Dropped here, not just before the step, so that callbacks that look at the gradient
+        # (the gradient-norm monitor) and clipping see only the gradients that will be applied.
         for p in self.frozen_parameters:
             p.grad = None  # an optimizer skips a parameter without a gradient: no update, no decay
 

@@ -14,6 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 from pretrain.encoders import build_encoder
 from pretrain.export import save_encoder
 from pretrain.files import write_json
+from pretrain.hydra_ddp import rank_processes_rerun_this_job
 from pretrain.trainer import build_trainer
 
 
@@ -54,7 +55,8 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="pretrain")
 def main(cfg: DictConfig) -> None:
-    run(cfg, Path(HydraConfig.get().runtime.output_dir))
+    with rank_processes_rerun_this_job():
+        run(cfg, Path(HydraConfig.get().runtime.output_dir))
 
 
 if __name__ == "__main__":

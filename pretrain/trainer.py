@@ -7,10 +7,13 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import lightning as L
+import torch
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from omegaconf import DictConfig
+
+from pretrain.grad_norm import GradNormMonitor
 
 # Lightning warnings that are expected here, not problems: frozen blocks are in eval mode on
 # purpose, a few-label run has no validation set, and short epochs log less often than
@@ -21,6 +24,16 @@ for message in (
     r"The number of training batches \(\d+\) is smaller than the logging interval",
 ):
     warnings.filterwarnings("ignore", message=message)
+
+
+def resolve_precision(precision: str, accelerator: str) -> str:
+    """Lightning's precision, with ``mixed`` meaning: ``bf16-mixed`` on a GPU that has bfloat16
+    (Ampere and newer), ``16-mixed`` (float16 with loss scaling) on older GPUs, ``32-true`` on CPU."""
+    if precision != "mixed":
+        return precision
+    if accelerator not in ("gpu", "cuda", "auto") or not torch.cuda.is_available():
+        return "32-true"
+    return "bf16-mixed" if torch.cuda.is_bf16_supported(including_emulation=False) else "16-mixed"
 
 
 def build_trainer(trainer_cfg: DictConfig, run_dir: Path, callbacks: Sequence[Callback] = ()) -> L.Trainer:
@@ -34,6 +47,7 @@ def build_trainer(trainer_cfg: DictConfig, run_dir: Path, callbacks: Sequence[Ca
     return instantiate(
         trainer_cfg,
         default_root_dir=str(run_dir),
+        precision=resolve_precision(str(trainer_cfg.precision), str(trainer_cfg.accelerator)),
         logger=loggers,
-        callbacks=[checkpoint, LearningRateMonitor(logging_interval="epoch"), *callbacks],
+        callbacks=[checkpoint, LearningRateMonitor(logging_interval="epoch"), GradNormMonitor(), *callbacks],
     )

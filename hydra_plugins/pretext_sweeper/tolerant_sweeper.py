@@ -1,0 +1,65 @@
+"""Sweeps that outlive their failed runs.
+
+Hydra's basic sweeper launches a whole batch of runs (by default the whole sweep) and then
+raises the error of the first failed run only; the others' errors are not shown anywhere.
+``TolerantSweeper`` launches every batch, then lists every failed run (its overrides, its
+folder and its error) and ends with an error, so the command's exit status still says that
+something failed. (``pretrain.job_errors.LogJobError`` puts each failed run's traceback in
+that run's own log.)
+
+Select with ``hydra/sweeper=tolerant``, the default of ``conf/pretrain.yaml`` and
+``conf/finetune.yaml``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.utils import JobReturn, JobStatus, filter_overrides
+from hydra.errors import CompactHydraException
+from omegaconf import OmegaConf
+
+
+class SweepFailures(CompactHydraException):
+    """Some runs of a sweep failed; the others finished. Hydra prints just this message."""
+
+
+def describe_failure(job_num: int, job_return: JobReturn) -> str:
+    error = job_return._return_value  # the exception; JobReturn.return_value would re-raise it
+    folder = job_return.hydra_cfg.hydra.runtime.output_dir if job_return.hydra_cfg else "?"
+    message = str(error).strip().splitlines()[0] if str(error).strip() else ""
+    overrides = " ".join(filter_overrides(job_return.overrides or []))
+    return f"#{job_num} {overrides} ({folder}): {type(error).__name__}: {message}"
+
+
+class TolerantSweeper(BasicSweeper):
+    """``BasicSweeper`` (same config: ``max_batch_size``, ``params``) that runs on past failures."""
+
+    def sweep(self, arguments: list[str]) -> Any:
+        assert self.config is not None and self.launcher is not None and self.hydra_context is not None
+        parser = OverridesParser.create(config_loader=self.hydra_context.config_loader)
+        overrides = parser.parse_overrides([*self._parse_config(), *arguments])
+        self.overrides = self.split_arguments(overrides, self.max_batch_size)
+        sweep_dir = Path(self.config.hydra.sweep.dir)
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+        OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
+
+        returns, failures, first = [], [], 0
+        while not self.is_done():
+            batch = self.get_job_batch()
+            self.validate_batch_is_legal(batch)
+            results = self.launcher.launch(batch, initial_job_idx=first)
+            failures += [
+                describe_failure(first + i, r) for i, r in enumerate(results) if r.status != JobStatus.COMPLETED
+            ]
+            first += len(batch)
+            returns.append(results)
+        if failures:
+            listing = "\n  ".join(failures)
+            raise SweepFailures(
+                f"{len(failures)} of {first} runs failed (each run's traceback is in its folder's log):\n  {listing}"
+            )
+        return returns
