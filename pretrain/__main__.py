@@ -53,7 +53,9 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     return results
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="pretrain")
+# An absolute path: the console script `pretrain` imports this module from the package, where
+# Hydra would read a relative path as a Python module name.
+@hydra.main(version_base="1.3", config_path=str(Path(__file__).resolve().parents[1] / "conf"), config_name="pretrain")
 def main(cfg: DictConfig) -> None:
     with rank_processes_rerun_this_job():
         run(cfg, Path(HydraConfig.get().runtime.output_dir))

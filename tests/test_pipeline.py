@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import torch
 from conftest import QUIET, make_config
@@ -19,7 +20,8 @@ from pretrain.export import load_encoder
 def test_command_line_on_digits_with_no_data_folder(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "PRETEXT_DATA"}
     pre = subprocess.run(
-        [sys.executable, "-m", "pretrain", "trainer.max_epochs=2", f"hydra.run.dir={tmp_path / 'pre'}", *QUIET],
+        # The console script, as installed by pip; finetune below runs as `python -m finetune`.
+        [Path(sys.executable).parent / "pretrain", "trainer.max_epochs=2", f"hydra.run.dir={tmp_path / 'pre'}", *QUIET],
         cwd=tmp_path,
         env=env,
         capture_output=True,
