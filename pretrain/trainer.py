@@ -8,9 +8,13 @@ from pathlib import Path
 
 import lightning as L
 from hydra.utils import instantiate
-from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ModelCheckpoint
-from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+from lightning.pytorch.callbacks import Callback, LearningRateMonitor
+from lightning.pytorch.loggers import TensorBoardLogger
 from omegaconf import DictConfig
+
+from pretrain.csv_log import ContinuingCSVLogger
+from pretrain.faults import FaultTolerance
+from pretrain.validate import lightning_refusals
 
 # Lightning warnings that are expected here, not problems: frozen blocks are in eval mode on
 # purpose, a few-label run has no validation set, and short epochs log less often than
@@ -23,17 +27,21 @@ for message in (
     warnings.filterwarnings("ignore", message=message)
 
 
-def build_trainer(trainer_cfg: DictConfig, run_dir: Path, callbacks: Sequence[Callback] = ()) -> L.Trainer:
+def build_trainer(
+    trainer_cfg: DictConfig, run_dir: Path, callbacks: Sequence[Callback] = (), faults: FaultTolerance | None = None
+) -> L.Trainer:
     """A Trainer from ``conf/trainer``, logging to ``run_dir/tensorboard`` and ``run_dir/csv``
-    and keeping ``run_dir/checkpoints/last.ckpt`` up to date for resuming."""
+    and keeping ``run_dir/checkpoints/last.ckpt`` up to date for resuming (``conf/faults``)."""
     loggers = [
         TensorBoardLogger(save_dir=run_dir, name="", version="tensorboard", default_hp_metric=False),
-        CSVLogger(save_dir=run_dir, name="", version="csv"),
+        ContinuingCSVLogger(save_dir=run_dir, name="", version="csv"),
     ]
-    checkpoint = ModelCheckpoint(dirpath=run_dir / "checkpoints", save_last=True, save_top_k=0)
-    return instantiate(
-        trainer_cfg,
-        default_root_dir=str(run_dir),
-        logger=loggers,
-        callbacks=[checkpoint, LearningRateMonitor(logging_interval="epoch"), *callbacks],
-    )
+    faults = faults or FaultTolerance()
+    with lightning_refusals("trainer"):
+        return instantiate(
+            trainer_cfg,
+            default_root_dir=str(run_dir),
+            logger=loggers,
+            plugins=faults.plugins(),
+            callbacks=[*faults.callbacks(run_dir), LearningRateMonitor(logging_interval="epoch"), *callbacks],
+        )
