@@ -202,6 +202,8 @@ def build_encoder(arch: str, input_shape: Sequence[int], depth: int | None = Non
     resolved = {k: _plain(v) for k, v in bound.arguments.items() if k != "input_shape"}
     try:
         blocks = builder(input_shape, **resolved)
+    except EncoderError:
+        raise
     except (ValueError, RuntimeError) as err:  # torch's own refusal, e.g. a negative width or dropout > 1
         raise EncoderError(f"backbone {arch!r} with options {resolved}: {err}") from None
     encoder = Encoder(arch, input_shape, resolved, blocks)
