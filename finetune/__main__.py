@@ -8,17 +8,19 @@ from typing import Any
 
 import hydra
 import lightning as L
-from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from finetune.classifier import Classifier
 from finetune.schedule import FreezeSchedule
+from pretrain.cli import run_command
 from pretrain.encoders import build_encoder
 from pretrain.export import EncoderFile, load_encoder
 from pretrain.files import sha256, write_json
 from pretrain.hydra_ddp import rank_processes_rerun_this_job
+from pretrain.resume import checkpoint_to_resume
 from pretrain.trainer import build_trainer
+from pretrain.validate import check_encoder_fits_data, check_reuse, validate_config
 
 
 def _pretrained(cfg: DictConfig) -> EncoderFile | None:
@@ -29,24 +31,22 @@ def _pretrained(cfg: DictConfig) -> EncoderFile | None:
 
 def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     """Fine-tune as ``cfg`` says and write ``results.json`` (test accuracy and loss) to ``run_dir``."""
+    validate_config(cfg, "finetune")
+    checkpoint = checkpoint_to_resume(cfg.resume, run_dir)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     pretrained = _pretrained(cfg)
     if pretrained is None:
         datamodule = instantiate(cfg.data)
     else:  # the encoder was trained on inputs normalized its way
         datamodule = instantiate(cfg.data, mean=pretrained.mean, std=pretrained.std)
+        check_encoder_fits_data(pretrained.encoder, datamodule, cfg.encoder)
     datamodule.setup("fit")
     info = datamodule.info
     if pretrained is None:
         encoder = build_encoder(input_shape=info.input_shape, **OmegaConf.to_container(cfg.backbone, resolve=True))
     else:
         encoder = pretrained.encoder.train()
-        if encoder.input_shape != info.input_shape:
-            raise ValueError(
-                f"encoder {cfg.encoder} takes images of shape {encoder.input_shape} (C, H, W) but data={info.name} "
-                f"has {info.input_shape}: fine-tune on data of the shape it was pretrained on"
-            )
-    reuse = cfg.reuse_blocks if cfg.reuse_blocks is not None else len(encoder)
+    reuse = check_reuse(cfg, encoder)
     encoder = encoder.truncated(reuse)
     schedule = cfg.schedule
     model = Classifier(
@@ -57,8 +57,8 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         dropout=cfg.head.dropout,
     )
     callbacks = [FreezeSchedule(schedule.unfreeze_epoch, schedule.unfreeze_top)] if pretrained else []
-    trainer = build_trainer(cfg.trainer, run_dir, callbacks)
-    trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.resume)
+    trainer = build_trainer(cfg.trainer, run_dir, callbacks, faults=instantiate(cfg.faults))
+    trainer.fit(model, datamodule=datamodule, ckpt_path=checkpoint)
     test = trainer.test(model, datamodule=datamodule, verbose=False)[0]
     results = {
         "kind": "finetune",
@@ -89,7 +89,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
 @hydra.main(version_base="1.3", config_path=str(Path(__file__).resolve().parents[1] / "conf"), config_name="finetune")
 def main(cfg: DictConfig) -> None:
     with rank_processes_rerun_this_job():
-        run(cfg, Path(HydraConfig.get().runtime.output_dir))
+        run_command(cfg, run)
 
 
 if __name__ == "__main__":

@@ -32,3 +32,7 @@ class FreezeSchedule(BaseFinetuning):
 
     def finetune_function(self, pl_module: L.LightningModule, epoch: int, optimizer: Optimizer) -> None:
         pl_module.freeze_lower(self.frozen_blocks(epoch, len(pl_module.encoder)))
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # A run resumed in the middle of an epoch skips on_train_epoch_start for it: set that epoch's state.
+        pl_module.freeze_lower(self.frozen_blocks(trainer.current_epoch, len(pl_module.encoder)))

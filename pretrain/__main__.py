@@ -7,19 +7,23 @@ from typing import Any
 
 import hydra
 import lightning as L
-from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from pretrain.cli import run_command
 from pretrain.encoders import build_encoder
 from pretrain.export import save_encoder
 from pretrain.files import write_json
 from pretrain.hydra_ddp import rank_processes_rerun_this_job
+from pretrain.resume import checkpoint_to_resume
 from pretrain.trainer import build_trainer
+from pretrain.validate import validate_config
 
 
 def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     """Pretrain as ``cfg`` says, write ``encoder.safetensors`` and ``results.json`` to ``run_dir``."""
+    validate_config(cfg, "pretrain")
+    checkpoint = checkpoint_to_resume(cfg.resume, run_dir)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     datamodule = instantiate(cfg.data)
     datamodule.setup("fit")
@@ -27,8 +31,8 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     encoder = build_encoder(input_shape=info.input_shape, **OmegaConf.to_container(cfg.backbone, resolve=True))
     # Objects go in after instantiation: Hydra would turn the DataInfo dataclass into a config.
     task = instantiate(cfg.task, _partial_=True)(encoder=encoder, optimizer=instantiate(cfg.optimizer), data=info)
-    trainer = build_trainer(cfg.trainer, run_dir)
-    trainer.fit(task, datamodule=datamodule, ckpt_path=cfg.resume)
+    trainer = build_trainer(cfg.trainer, run_dir, faults=instantiate(cfg.faults))
+    trainer.fit(task, datamodule=datamodule, ckpt_path=checkpoint)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
     results = {
         "kind": "pretrain",
@@ -58,7 +62,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
 @hydra.main(version_base="1.3", config_path=str(Path(__file__).resolve().parents[1] / "conf"), config_name="pretrain")
 def main(cfg: DictConfig) -> None:
     with rank_processes_rerun_this_job():
-        run(cfg, Path(HydraConfig.get().runtime.output_dir))
+        run_command(cfg, run)
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ no per-sample Python work and no PIL.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import warnings
@@ -84,9 +85,17 @@ def _torchvision_loader(dataset_name: str):
         try:
             splits = [cls(root=root, train=train, download=download) for train in (True, False)]
         except RuntimeError as err:
+            said = str(err).strip().splitlines()[0].rstrip(":")
+            if download:
+                raise DataError(
+                    f"{dataset_name} could not be downloaded into {Path(root) / dataset_name / 'raw'} "
+                    f"(torchvision said: {said}; no network?). Copy {dataset_name}/raw there from a machine "
+                    f"that has it, point data.root (or {DATA_ENV}) at a folder that holds it, or use data=digits, "
+                    "which needs no files."
+                ) from None
             raise DataError(
                 f"{dataset_name} was not found under {Path(root) / dataset_name / 'raw'} "
-                f"(torchvision said: {err}). Point data.root (or the {DATA_ENV} environment variable) "
+                f"(torchvision said: {said}). Point data.root (or the {DATA_ENV} environment variable) "
                 f"at a folder that holds {dataset_name}/raw, set data.download=true on a machine "
                 "with network access, or use data=digits, which needs no files."
             ) from None
@@ -260,6 +269,15 @@ def channel_stats(images: Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]
     return tuple((mean / 255).tolist()), tuple((var.clamp_min(1e-12).sqrt() / 255).tolist())
 
 
+@contextlib.contextmanager
+def _naming(key: str, value: object) -> Iterator[None]:
+    """Prefix a DataError with the config value it is about."""
+    try:
+        yield
+    except DataError as err:
+        raise DataError(f"{key}={value}: {err}") from None
+
+
 # --- batches -------------------------------------------------------------------------------
 
 
@@ -298,6 +316,13 @@ class TensorBatches:
 
     Shaped like a DataLoader where Lightning looks (``sampler``, ``batch_sampler``), so it
     reshuffles per epoch; there are no workers and no collation, one index per batch.
+
+    Resumable mid-epoch through Lightning's stateful-loader protocol: a checkpoint records
+    the epoch and how many of its batches were served (``state_dict``), and after
+    ``load_state_dict`` the next iteration of that epoch skips them. The count is exact
+    because the loader has a length, so Lightning does not prefetch from it (2.6:
+    ``_PrefetchDataFetcher`` fetches ahead only for loaders without one): a batch is served
+    when the training loop takes it.
     """
 
     batch_sampler = None
@@ -305,18 +330,30 @@ class TensorBatches:
     def __init__(self, images: Tensor, labels: Tensor, batch_size: int, sampler: EpochPermutation) -> None:
         self.images, self.labels = images, labels
         self.batch_size, self.sampler = batch_size, sampler
+        self.served = 0
+        self._resume: dict[str, int] | None = None
 
     def __len__(self) -> int:
         full, rest = divmod(len(self.sampler), self.batch_size)
         return full + (rest > 1 or (rest == 1 and not self.sampler.shuffle))
 
     def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
+        # A generator: the order is drawn at the first batch, after Lightning's set_epoch.
         order = self.sampler.order().to(self.images.device)
-        for start in range(0, len(order), self.batch_size):
+        resume, self._resume = self._resume, None
+        self.served = resume["batches"] if resume and resume["epoch"] == self.sampler.epoch else 0
+        for start in range(self.served * self.batch_size, len(order), self.batch_size):
             index = order[start : start + self.batch_size]
             if self.sampler.shuffle and len(index) == 1:
                 break  # a training batch of one breaks batch norm; the image returns next epoch
+            self.served += 1
             yield self.images[index], self.labels[index]
+
+    def state_dict(self) -> dict[str, int]:
+        return {"epoch": self.sampler.epoch, "batches": self.served}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self._resume = {"epoch": int(state["epoch"]), "batches": int(state["batches"])}
 
 
 def augment_batch(x: Tensor, hflip: bool, max_shift: int) -> Tensor:
@@ -388,12 +425,17 @@ class ImageDataModule(L.LightningDataModule):
         self.test_set: ImageSet | None = None
         self.info: DataInfo | None = None
 
+    def image_shape(self) -> tuple[int, int, int]:
+        """(C, H, W) of the images, before ``setup`` (the decoded set is cached for it)."""
+        return tuple(self._source()[0].images.shape[1:])
+
+    def _source(self) -> tuple[ImageSet, ImageSet]:
+        return load_source(self.name, self.root, self.download, self.image_size, self.grayscale, self.on_bad_file)
+
     def setup(self, stage: str | None = None) -> None:
         if self.info is not None:
             return
-        train, test = load_source(
-            self.name, self.root, self.download, self.image_size, self.grayscale, self.on_bad_file
-        )
+        train, test = self._source()
         keep = self._kept_classes(train.classes)
         if keep is not None:
             train, test = select_classes(train, test, keep)
@@ -402,12 +444,14 @@ class ImageDataModule(L.LightningDataModule):
         val = pool[:0]
         n_val = self._val_count(len(pool))
         if n_val:
-            val = stratified_indices(train.labels, n_val, generator)
+            with _naming("data.val_size", self.val_size):
+                val = stratified_indices(train.labels, n_val, generator)
             mask = torch.ones(len(pool), dtype=torch.bool)
             mask[val] = False
             pool = pool[mask]
         if self.label_budget is not None:
-            pool = pool[stratified_indices(train.labels[pool], self.label_budget, generator)]
+            with _naming("data.label_budget", self.label_budget):
+                pool = pool[stratified_indices(train.labels[pool], self.label_budget, generator)]
         mean, std = channel_stats(train.images) if self.mean is None or self.std is None else (None, None)
         mean, std = self.mean if self.mean is not None else mean, self.std if self.std is not None else std
         self.train_set, self.val_set, self.test_set = train.subset(pool), train.subset(val), test
@@ -428,8 +472,10 @@ class ImageDataModule(L.LightningDataModule):
     def _kept_classes(self, available: tuple[str, ...]) -> list[int] | None:
         if self.classes is None and not self.exclude_classes:
             return None
-        keep = resolve_classes(available, self.classes) if self.classes is not None else range(len(available))
-        drop = set(resolve_classes(available, self.exclude_classes or []))
+        with _naming("data.classes", self.classes):
+            keep = resolve_classes(available, self.classes) if self.classes is not None else range(len(available))
+        with _naming("data.exclude_classes", self.exclude_classes):
+            drop = set(resolve_classes(available, self.exclude_classes or []))
         keep = [c for c in keep if c not in drop]
         if not keep:
             raise DataError(

@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import inspect
+import math
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -124,7 +125,7 @@ def mlp(
     """Dense layers on the flattened image; one block per hidden layer."""
     if not widths:
         raise EncoderError("an mlp needs at least one hidden width (backbone.widths)")
-    blocks, fan_in = [], int(torch.tensor(input_shape).prod())
+    blocks, fan_in = [], math.prod(int(d) for d in input_shape)
     for i, width in enumerate(widths):
         layers: list[nn.Module] = [nn.Flatten()] if i == 0 else []
         layers.append(nn.Linear(fan_in, width))
@@ -199,7 +200,13 @@ def build_encoder(arch: str, input_shape: Sequence[int], depth: int | None = Non
         raise EncoderError(f"backbone {arch!r}: {err}; its options are {params}") from None
     bound.apply_defaults()
     resolved = {k: _plain(v) for k, v in bound.arguments.items() if k != "input_shape"}
-    encoder = Encoder(arch, input_shape, resolved, builder(input_shape, **resolved))
+    try:
+        blocks = builder(input_shape, **resolved)
+    except EncoderError:
+        raise
+    except (ValueError, RuntimeError) as err:  # torch's own refusal, e.g. a negative width or dropout > 1
+        raise EncoderError(f"backbone {arch!r} with options {resolved}: {err}") from None
+    encoder = Encoder(arch, input_shape, resolved, blocks)
     return encoder if depth is None or depth == len(encoder) else encoder.truncated(depth)
 
 

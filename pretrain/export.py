@@ -8,17 +8,22 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import math
 import os
+import pickle
+import re
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError, safe_open
+from safetensors import safe_open
 from safetensors.torch import save_file
 
-from pretrain.encoders import BACKBONES, Encoder, EncoderError, build_encoder
+from pretrain.encoders import BACKBONES, Encoder, build_encoder
 from pretrain.files import atomic_write
+from pretrain.typecheck import describe, fits, parameter_types
 
 FORMAT = "pretext-encoder"
 FORMAT_VERSION = 1
@@ -89,7 +94,13 @@ def save_encoder(
 
 
 def load_encoder(path: str | os.PathLike) -> EncoderFile:
-    """Rebuild an encoder from its file alone; every problem with the file is an EncoderFileError."""
+    """Rebuild an encoder from its file alone; every problem with the file is an EncoderFileError.
+
+    The file is judged before any tensor is read: the header length against the file size,
+    the metadata against the schema, and every tensor's name, shape and dtype (from the
+    header) against the architecture the metadata names, built on the meta device. Only then
+    are the tensors read, so what is allocated is bounded by the file's own size.
+    """
     path = Path(path)
     if path.suffix.lower() in PICKLE_SUFFIXES:
         raise EncoderFileError(
@@ -102,25 +113,95 @@ def load_encoder(path: str | os.PathLike) -> EncoderFile:
             f"encoder file {path} does not exist: pass the encoder.safetensors that "
             "`python -m pretrain` wrote, or encoder=none to train from scratch"
         )
+    _check_header_length(path)
     try:
-        with safe_open(str(path), framework="pt") as f:
-            header = f.metadata() or {}
-            tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 - safe_open is not iterable
-    except (SafetensorError, OSError, ValueError) as err:
+        handle = safe_open(str(path), framework="pt")
+    except Exception as err:  # noqa: BLE001 - safetensors reports a malformed file in several ways
         raise EncoderFileError(f"{path} is not a readable safetensors file: {err}") from None
-    metadata = _parse_metadata(path, header)
-    try:
+    with handle as f:
+        try:
+            header = f.metadata() or {}
+            found = {k: _slice_spec(f.get_slice(k)) for k in f.keys()}  # noqa: SIM118 - not iterable
+        except Exception as err:  # noqa: BLE001
+            raise EncoderFileError(f"{path} is not a readable safetensors file: {err}") from None
+        metadata = _parse_metadata(path, header, len(found))
+        _check_tensors(path, metadata, found)
         encoder = build_encoder(
             metadata["arch"], metadata["input_shape"], depth=metadata["depth"], **metadata["options"]
         )
-    except EncoderError as err:
-        raise EncoderFileError(f"{path}: its metadata describes no buildable encoder: {err}") from None
-    _check_tensors(path, encoder, tensors)
-    encoder.load_state_dict(tensors, strict=True)
+        try:
+            tensors = {k: f.get_tensor(k) for k in found}
+            encoder.load_state_dict(tensors, strict=True)
+        except Exception as err:  # noqa: BLE001 - e.g. the file changed while it was read
+            raise EncoderFileError(f"{path}: its tensors cannot be read: {err}") from None
     return EncoderFile(encoder.eval(), metadata)
 
 
-def _parse_metadata(path: Path, header: dict[str, str]) -> dict[str, Any]:
+TensorSpec = tuple[tuple[int, ...], torch.dtype | str]
+
+SAFETENSORS_DTYPES = {
+    "F64": torch.float64,
+    "F32": torch.float32,
+    "F16": torch.float16,
+    "BF16": torch.bfloat16,
+    "I64": torch.int64,
+    "I32": torch.int32,
+    "I16": torch.int16,
+    "I8": torch.int8,
+    "U8": torch.uint8,
+    "BOOL": torch.bool,
+}
+
+MAX_HEADER_BYTES = 8 * 1024 * 1024
+"""An encoder's header (tensor table plus metadata) is a few hundred kB at most; a larger
+declared length means a corrupted or foreign file, refused before anything is read."""
+
+MAX_SIDE = 4096
+"""Largest image side (and channel count) an encoder file may declare."""
+
+METADATA_KEYS = {
+    "format": str,
+    "format_version": int,
+    "arch": str,
+    "input_shape": list,
+    "options": dict,
+    "depth": int,
+    "normalization": dict,
+    "pretext": dict,
+    "data": dict,
+    "metrics": dict,
+    "versions": dict,
+    "created": str,
+}
+"""Every key of the metadata (format version 1) and its JSON type; all are required, no other is allowed.
+``pretext``, ``data``, ``metrics``, ``versions`` and ``created`` are provenance: kept as data, never
+interpreted (a ``_target_`` in ``pretext.config`` records the task's class, it is never imported)."""
+
+
+def _check_header_length(path: Path) -> None:
+    size = path.stat().st_size
+    if size < 8:
+        raise EncoderFileError(f"{path} is {size} bytes long: too short to be a safetensors file (truncated?)")
+    with open(path, "rb") as f:
+        declared = int.from_bytes(f.read(8), "little")
+    if declared > MAX_HEADER_BYTES:
+        raise EncoderFileError(
+            f"{path} declares a {declared}-byte header, more than the {MAX_HEADER_BYTES} an encoder file can "
+            "need: it is not an encoder file (a pickle or zip renamed .safetensors?) or it is corrupted"
+        )
+    if 8 + declared > size:
+        raise EncoderFileError(
+            f"{path} declares a {declared}-byte header but holds only {size - 8} bytes after the length: "
+            "the file is truncated or not a safetensors file"
+        )
+
+
+def _slice_spec(tensor_slice: Any) -> TensorSpec:
+    dtype = tensor_slice.get_dtype()
+    return tuple(tensor_slice.get_shape()), SAFETENSORS_DTYPES.get(dtype, dtype)
+
+
+def _parse_metadata(path: Path, header: dict[str, str], num_tensors: int) -> dict[str, Any]:
     if METADATA_KEY not in header:
         raise EncoderFileError(f"{path} has no '{METADATA_KEY}' metadata: it was not written by `python -m pretrain`")
     try:
@@ -133,56 +214,115 @@ def _parse_metadata(path: Path, header: dict[str, str]) -> dict[str, Any]:
         raise EncoderFileError(
             f"{path}: format_version {meta.get('format_version')!r} is not supported (this is version {FORMAT_VERSION})"
         )
-    expected = {
-        "arch": str,
-        "input_shape": list,
-        "options": dict,
-        "normalization": dict,
-        "pretext": dict,
-        "data": dict,
-    }
-    for key, kind in expected.items():
-        if not isinstance(meta.get(key), kind):
-            raise EncoderFileError(f"{path}: metadata '{key}' must be a {kind.__name__}, found {meta.get(key)!r}")
-    if meta["arch"] not in BACKBONES:
+    missing = sorted(set(METADATA_KEYS) - set(meta))
+    unknown = sorted(set(meta) - set(METADATA_KEYS))
+    if missing or unknown:
         raise EncoderFileError(
-            f"{path}: unknown architecture {meta['arch']!r}; known architectures are {sorted(BACKBONES)}"
+            f"{path}: metadata keys do not match format version {FORMAT_VERSION}: "
+            f"missing {missing}, unexpected {unknown}"
         )
-    if not isinstance(meta.get("depth"), int) or isinstance(meta["depth"], bool) or meta["depth"] < 1:
-        raise EncoderFileError(f"{path}: metadata 'depth' must be a positive block count, found {meta.get('depth')!r}")
-    shape = meta["input_shape"]
-    if len(shape) != 3 or not all(isinstance(d, int) and 0 < d <= 4096 for d in shape):
-        raise EncoderFileError(f"{path}: input_shape must be three positive sizes (C, H, W), found {shape!r}")
-    norm = meta["normalization"]
+    for key, kind in METADATA_KEYS.items():
+        if not isinstance(meta[key], kind) or isinstance(meta[key], bool):
+            raise EncoderFileError(f"{path}: metadata '{key}' must be a {kind.__name__}, found {meta[key]!r}")
+    check_spec(path, meta, num_tensors)
+    if not isinstance(meta["pretext"].get("task"), str):
+        raise EncoderFileError(f"{path}: metadata pretext.task must name the pretext task")
+    if not isinstance(meta["data"].get("name"), str):
+        raise EncoderFileError(f"{path}: metadata data.name must name the data set")
+    classes = meta["data"].get("classes", [])
+    if not isinstance(classes, list) or not all(isinstance(c, str) for c in classes):
+        raise EncoderFileError(f"{path}: metadata data.classes must be a list of class names, found {classes!r}")
+    if not all(isinstance(v, str) for v in meta["versions"].values()):
+        raise EncoderFileError(f"{path}: metadata 'versions' must map library names to version strings")
+    return meta
+
+
+def check_spec(source: Path, spec: dict[str, Any], num_tensors: int) -> None:
+    """Check the architecture part of an encoder description (``arch``, ``input_shape``,
+    ``options``, ``depth``, ``normalization``) without building anything.
+
+    ``num_tensors`` (how many tensors the file holds) bounds every list option and the depth:
+    each block of every architecture has at least one tensor, so a longer list cannot match.
+    """
+    arch = spec.get("arch")
+    if not isinstance(arch, str) or arch not in BACKBONES:
+        raise EncoderFileError(
+            f"{source}: unknown architecture {arch!r}; known architectures are {sorted(BACKBONES)} "
+            "(an encoder file names a registered architecture, never code to import)"
+        )
+    depth = spec.get("depth")
+    if not isinstance(depth, int) or isinstance(depth, bool) or not 1 <= depth <= max(num_tensors, 1):
+        raise EncoderFileError(
+            f"{source}: metadata 'depth' must be a block count from 1 to {num_tensors}, found {depth!r}"
+        )
+    shape = spec.get("input_shape")
+    if (
+        not isinstance(shape, list)
+        or len(shape) != 3
+        or not all(isinstance(d, int) and not isinstance(d, bool) and 0 < d <= MAX_SIDE for d in shape)
+    ):
+        raise EncoderFileError(
+            f"{source}: input_shape must be three sizes (C, H, W) from 1 to {MAX_SIDE}, found {shape!r}"
+        )
+    options = spec.get("options")
+    if not isinstance(options, dict):
+        raise EncoderFileError(f"{source}: metadata 'options' must be a dict, found {options!r}")
+    params = parameter_types(BACKBONES[arch])
+    params.pop("input_shape", None)
+    unknown = sorted(set(options) - set(params))
+    if unknown:
+        raise EncoderFileError(f"{source}: {unknown} are not options of {arch}; its options are {sorted(params)}")
+    for key, value in options.items():
+        if not fits(value, params[key].annotation):
+            raise EncoderFileError(
+                f"{source}: option {key}={value!r} of {arch} must be {describe(params[key].annotation)}"
+            )
+        if isinstance(value, list) and len(value) > num_tensors:
+            raise EncoderFileError(
+                f"{source}: option {key} lists {len(value)} entries, more than the {num_tensors} tensors the file holds"
+            )
+    norm = spec.get("normalization")
+    if not isinstance(norm, dict):
+        raise EncoderFileError(f"{source}: metadata 'normalization' must be a dict, found {norm!r}")
     for key in ("mean", "std"):
         values = norm.get(key)
         if (
             not isinstance(values, list)
             or len(values) != shape[0]
-            or not all(isinstance(v, int | float) and not isinstance(v, bool) for v in values)
+            or not all(isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) for v in values)
         ):
-            raise EncoderFileError(f"{path}: normalization.{key} must be {shape[0]} number(s), found {values!r}")
+            raise EncoderFileError(
+                f"{source}: normalization.{key} must be {shape[0]} finite number(s), found {values!r}"
+            )
     if not all(v > 0 for v in norm["std"]):
-        raise EncoderFileError(f"{path}: normalization.std must be positive, found {norm['std']!r}")
-    if not isinstance(meta["pretext"].get("task"), str):
-        raise EncoderFileError(f"{path}: metadata pretext.task must name the pretext task")
-    return meta
+        raise EncoderFileError(f"{source}: normalization.std must be positive, found {norm['std']!r}")
 
 
-def _check_tensors(path: Path, encoder: Encoder, tensors: dict[str, torch.Tensor]) -> None:
-    expected = encoder.state_dict()
-    missing = sorted(set(expected) - set(tensors))
-    extra = sorted(set(tensors) - set(expected))
+def _expected_tensors(source: Path, spec: dict[str, Any]) -> dict[str, TensorSpec]:
+    """Names, shapes and dtypes of the encoder ``spec`` describes, from a build on the meta
+    device: nothing is allocated, whatever sizes the description asks for."""
+    try:
+        with torch.device("meta"):
+            encoder = build_encoder(spec["arch"], spec["input_shape"], depth=spec["depth"], **spec["options"])
+    except Exception as err:  # noqa: BLE001 - any failure to build is a bad description
+        raise EncoderFileError(f"{source}: its metadata describes no buildable encoder: {err}") from None
+    return {k: (tuple(v.shape), v.dtype) for k, v in encoder.state_dict().items()}
+
+
+def _check_tensors(source: Path, spec: dict[str, Any], found: dict[str, TensorSpec]) -> None:
+    """Every tensor the architecture needs, with its shape and dtype, and no other."""
+    expected = _expected_tensors(source, spec)
+    missing = sorted(set(expected) - set(found))
+    extra = sorted(set(found) - set(expected))
     if missing or extra:
         raise EncoderFileError(
-            f"{path}: tensors do not match a {encoder.arch} encoder: missing {missing[:5]}, unexpected {extra[:5]}"
+            f"{source}: tensors do not match a {spec['arch']} encoder: missing {missing[:5]}, unexpected {extra[:5]}"
         )
-    for name, want in expected.items():
-        got = tensors[name]
-        if got.shape != want.shape or got.dtype != want.dtype:
+    for name, (shape, dtype) in expected.items():
+        if found[name] != (shape, dtype):
+            got_shape, got_dtype = found[name]
             raise EncoderFileError(
-                f"{path}: tensor {name} is {got.dtype} {tuple(got.shape)}, "
-                f"but the architecture needs {want.dtype} {tuple(want.shape)}"
+                f"{source}: tensor {name} is {got_dtype} {got_shape}, but the architecture needs {dtype} {shape}"
             )
 
 
@@ -190,32 +330,51 @@ def export_checkpoint(checkpoint_path: str | os.PathLike, out: str | os.PathLike
     """Turn a Lightning checkpoint of a pretext task into an encoder file.
 
     The checkpoint is read with ``torch.load(weights_only=True)``: tensors and plain values
-    only, so a hostile checkpoint cannot run code here.
+    only, so a hostile checkpoint cannot run code here. Its encoder description is checked
+    like an encoder file's metadata, and its tensors like an encoder file's.
     """
+    source, out = Path(checkpoint_path), Path(out)
+    if out.suffix.lower() in PICKLE_SUFFIXES:
+        raise EncoderFileError(f"{out}: an encoder file is safetensors, not a pickle: name it e.g. encoder.safetensors")
+    if not source.is_file():
+        raise EncoderFileError(f"checkpoint {source} does not exist")
     try:
-        checkpoint = torch.load(checkpoint_path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise EncoderFileError(f"checkpoint {checkpoint_path} does not exist") from None
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch warns about pickle protocols of foreign files
+            checkpoint = torch.load(source, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        detail = re.search(r"WeightsUnpickler error:\s*([^\n]+)", str(err))
+        reason = detail.group(1).split(". ")[0].rstrip(".") if detail else "unsupported content"
+        raise EncoderFileError(
+            f"refused to load {source}: it holds more than tensors and plain values ({reason}), "
+            "and loading it could run code. "
+            "Only checkpoints written by `python -m pretrain` can be exported."
+        ) from None
     except Exception as err:  # noqa: BLE001 - torch raises many kinds for a file it refuses
-        raise EncoderFileError(f"{checkpoint_path} is not a checkpoint that loads safely: {err}") from None
+        raise EncoderFileError(f"{source} is not a checkpoint that loads safely: {err}") from None
     info = checkpoint.get("pretext_encoder") if isinstance(checkpoint, dict) else None
-    if not isinstance(info, dict):
-        raise EncoderFileError(f"{checkpoint_path} was not written by a pretext task of this project")
-    try:
-        encoder = build_encoder(info["arch"], info["input_shape"], depth=info["depth"], **info["options"])
-    except (KeyError, TypeError, EncoderError) as err:
-        raise EncoderFileError(f"{checkpoint_path}: its encoder description is unusable: {err}") from None
+    state = checkpoint.get("state_dict") if isinstance(checkpoint, dict) else None
+    if not isinstance(info, dict) or not isinstance(state, dict):
+        raise EncoderFileError(f"{source} was not written by a pretext task of this project")
     prefix = "encoder."
-    state = {k[len(prefix) :]: v for k, v in checkpoint["state_dict"].items() if k.startswith(prefix)}
-    _check_tensors(Path(checkpoint_path), encoder, state)
-    encoder.load_state_dict(state)
+    tensors = {k[len(prefix) :]: v for k, v in state.items() if isinstance(k, str) and k.startswith(prefix)}
+    spec = {**info, "normalization": {"mean": info.get("mean"), "std": info.get("std")}}
+    check_spec(source, spec, len(tensors))
+    if not all(isinstance(v, torch.Tensor) for v in tensors.values()):
+        raise EncoderFileError(f"{source}: its encoder state holds values that are not tensors")
+    _check_tensors(source, spec, {k: (tuple(v.shape), v.dtype) for k, v in tensors.items()})
+    if not isinstance(info.get("task"), str):
+        raise EncoderFileError(f"{source}: its encoder description names no pretext task")
+    encoder = build_encoder(info["arch"], info["input_shape"], depth=info["depth"], **info["options"])
+    encoder.load_state_dict(tensors)
+    classes = info.get("classes") or []
     return save_encoder(
         out,
         encoder,
         mean=info["mean"],
         std=info["std"],
-        pretext={"task": info["task"], "checkpoint": str(checkpoint_path), "epoch": checkpoint.get("epoch")},
-        data={"name": info["data"], "classes": info["classes"]},
+        pretext={"task": info["task"], "checkpoint": str(source), "epoch": checkpoint.get("epoch")},
+        data={"name": str(info.get("data")), "classes": [str(c) for c in classes]},
     )
 
 

@@ -12,6 +12,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import torch
+from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
+
 
 def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> Path:
     """Call ``write(tmp)`` on a temporary path beside ``path``, then rename it to ``path``."""
@@ -43,3 +46,24 @@ def sha256(path: str | os.PathLike) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning's checkpoint writer, through ``atomic_write``.
+
+    Lightning (2.6) stages a checkpoint in a temporary file under the system temp folder and
+    then moves it over the target: where that folder is another file system (a local /tmp
+    beside a shared run folder, as on most clusters) the move is a copy, and a kill during it
+    leaves a half-written ``last.ckpt``. Here the temporary file sits beside the target, so
+    the rename is atomic, and it is synced to disk first.
+
+    Loading reads tensors and plain values only (``weights_only=True``) unless asked otherwise.
+    """
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None) -> None:
+        if storage_options is not None:
+            raise TypeError(f"{type(self).__name__} takes no storage_options")
+        atomic_write(path, lambda tmp: torch.save(checkpoint, tmp))
+
+    def load_checkpoint(self, path: Any, *args: Any, weights_only: bool | None = None, **kwargs: Any) -> dict[str, Any]:
+        return super().load_checkpoint(path, *args, weights_only=weights_only is not False, **kwargs)

@@ -9,11 +9,14 @@ from pathlib import Path
 import lightning as L
 import torch
 from hydra.utils import instantiate
-from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ModelCheckpoint
-from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+from lightning.pytorch.callbacks import Callback, LearningRateMonitor
+from lightning.pytorch.loggers import TensorBoardLogger
 from omegaconf import DictConfig
 
+from pretrain.csv_log import ContinuingCSVLogger
+from pretrain.faults import FaultTolerance
 from pretrain.grad_norm import GradNormMonitor
+from pretrain.validate import lightning_refusals
 
 # Lightning warnings that are expected here, not problems: frozen blocks are in eval mode on
 # purpose, a few-label run has no validation set, and short epochs log less often than
@@ -36,18 +39,27 @@ def resolve_precision(precision: str, accelerator: str) -> str:
     return "bf16-mixed" if torch.cuda.is_bf16_supported(including_emulation=False) else "16-mixed"
 
 
-def build_trainer(trainer_cfg: DictConfig, run_dir: Path, callbacks: Sequence[Callback] = ()) -> L.Trainer:
+def build_trainer(
+    trainer_cfg: DictConfig, run_dir: Path, callbacks: Sequence[Callback] = (), faults: FaultTolerance | None = None
+) -> L.Trainer:
     """A Trainer from ``conf/trainer``, logging to ``run_dir/tensorboard`` and ``run_dir/csv``
-    and keeping ``run_dir/checkpoints/last.ckpt`` up to date for resuming."""
+    and keeping ``run_dir/checkpoints/last.ckpt`` up to date for resuming (``conf/faults``)."""
     loggers = [
         TensorBoardLogger(save_dir=run_dir, name="", version="tensorboard", default_hp_metric=False),
-        CSVLogger(save_dir=run_dir, name="", version="csv"),
+        ContinuingCSVLogger(save_dir=run_dir, name="", version="csv"),
     ]
-    checkpoint = ModelCheckpoint(dirpath=run_dir / "checkpoints", save_last=True, save_top_k=0)
-    return instantiate(
-        trainer_cfg,
-        default_root_dir=str(run_dir),
-        precision=resolve_precision(str(trainer_cfg.precision), str(trainer_cfg.accelerator)),
-        logger=loggers,
-        callbacks=[checkpoint, LearningRateMonitor(logging_interval="epoch"), GradNormMonitor(), *callbacks],
-    )
+    faults = faults or FaultTolerance()
+    with lightning_refusals("trainer"):
+        return instantiate(
+            trainer_cfg,
+            default_root_dir=str(run_dir),
+            precision=resolve_precision(str(trainer_cfg.precision), str(trainer_cfg.accelerator)),
+            logger=loggers,
+            plugins=faults.plugins(),
+            callbacks=[
+                *faults.callbacks(run_dir),
+                LearningRateMonitor(logging_interval="epoch"),
+                GradNormMonitor(),
+                *callbacks,
+            ],
+        )

@@ -45,6 +45,7 @@ def test_command_line_on_digits_with_no_data_folder(tmp_path):
             "finetune",
             f"encoder={encoder}",
             "trainer.max_epochs=3",
+            "schedule.unfreeze_epoch=1",
             f"hydra.run.dir={tmp_path / 'ft'}",
             *QUIET,
         ],

@@ -1,0 +1,1 @@
+"""Callbacks that keep a run safe: its checkpoint, its random state, its loss."""

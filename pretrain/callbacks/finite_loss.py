@@ -1,0 +1,102 @@
+"""Stop a run whose training loss became NaN or infinite, keeping the last good checkpoint."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from torch import Tensor
+
+from pretrain.callbacks.last_checkpoint import LastCheckpoint
+
+
+class NonFiniteLossError(RuntimeError):
+    """The training loss became NaN or infinite."""
+
+
+class FiniteLossGuard(L.Callback):
+    """Watches the loss each training step returns, without a host sync per step.
+
+    Each step folds ``isfinite(loss)`` into a scalar on the loss's device (the first bad
+    step and its value); the host reads it every ``every_n_steps`` batches, before every
+    checkpoint is written and at the end of training. So the run stops at most
+    ``every_n_steps`` steps after the loss went bad, never writes a checkpoint or an encoder
+    from after that point, and the last checkpoint it kept is from before it. The steps in
+    between are wasted, which is the price of not stalling the device every step
+    (Lightning's ``detect_anomaly`` checks every operation and is far slower).
+
+    A task under manual optimization must return its loss (or a dict with ``loss``) from
+    ``training_step`` to be watched.
+    """
+
+    def __init__(self, every_n_steps: int = 10) -> None:
+        if every_n_steps < 1:
+            raise ValueError(f"every_n_steps must be >= 1, not {every_n_steps}")
+        self.every_n_steps = every_n_steps
+        self._reset()
+
+    def _reset(self) -> None:
+        self._batches = 0
+        self._step: Tensor | None = None  # first step whose loss was not finite, -1: none yet
+        self._epoch: Tensor | None = None
+        self._value: Tensor | None = None
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._reset()
+
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        loss = outputs.get("loss") if isinstance(outputs, Mapping) else outputs
+        if isinstance(loss, Tensor):
+            loss = loss.detach().float()
+            if self._step is None:
+                self._step = torch.full((), -1, dtype=torch.long, device=loss.device)
+                self._epoch = torch.full((), -1, dtype=torch.long, device=loss.device)
+                self._value = torch.zeros((), device=loss.device)
+            first = ~torch.isfinite(loss).all() & (self._step < 0)
+            # The step as the loggers count it (Lightning's own counter; global_step counts optimizer steps).
+            step = getattr(trainer.fit_loop.epoch_loop, "_batches_that_stepped", trainer.global_step)
+            self._step = torch.where(first, step, self._step)
+            self._epoch = torch.where(first, trainer.current_epoch, self._epoch)
+            self._value = torch.where(first, loss.sum(), self._value)
+        self._batches += 1
+        if self._batches % self.every_n_steps == 0:
+            self.check(trainer)
+
+    def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:
+        self.check(trainer)  # raising here aborts the write: the previous checkpoint stays
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.check(trainer)
+
+    def check(self, trainer: L.Trainer) -> None:
+        """Raise ``NonFiniteLossError`` if a loss so far was NaN or infinite (one host sync; under
+        DDP one all-reduce too, so that every process stops at the same step)."""
+        if self._step is None:
+            return
+        first = trainer.strategy.reduce(torch.stack([self._step, self._epoch]), reduce_op="max")
+        step, epoch = (int(v) for v in first.tolist())
+        if step < 0:
+            return
+        value = float(self._value) if int(self._step) >= 0 else "nan or inf (on another process)"
+        kept = next((c for c in trainer.callbacks if isinstance(c, LastCheckpoint)), None)
+        if kept is not None and kept.last_model_path and Path(kept.last_model_path).is_file():
+            saved = getattr(kept, "_last_global_step_saved", 0)  # 0: not saved by this process (resumed)
+            after = f" (after optimizer step {saved})" if saved else ""
+            checkpoint = f"The last checkpoint, {kept.last_model_path}{after}, is from before it"
+        else:
+            checkpoint = "No checkpoint had been written yet"
+        lr = trainer.optimizers[0].param_groups[0]["lr"] if trainer.optimizers else None
+        clip = trainer.gradient_clip_val or "off"
+        raise NonFiniteLossError(
+            f"the training loss became {value} at step {step} (epoch {epoch}); "
+            f"the run stopped at step {trainer.fit_loop.epoch_loop._batches_that_stepped} (the loss is checked every "
+            f"{self.every_n_steps} steps, faults.check_finite_every_n_steps, and before every checkpoint). "
+            f"{checkpoint} and was kept; no encoder or results were written. Likely remedies: a lower learning rate "
+            f"(optimizer.lr, now {lr}); gradient clipping by norm (trainer.gradient_clip_val=1.0 "
+            f"trainer.gradient_clip_algorithm=norm, now {clip}); with 16-bit precision, trainer.precision=32-true."
+        )

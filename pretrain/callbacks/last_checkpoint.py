@@ -1,0 +1,48 @@
+"""``checkpoints/last.ckpt``: the one checkpoint a run keeps, for resuming it."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import lightning as L
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+
+class LastCheckpoint(ModelCheckpoint):
+    """Keeps ``last.ckpt`` in ``dirpath`` current, and writes no other checkpoint.
+
+    It is written every ``every_n_train_steps`` training steps (mid-epoch: the data order and
+    random state are in it, so a resumed run continues exactly), at the end of every epoch,
+    at the end of training, and when the process receives SIGTERM (what SLURM sends before a
+    time limit or a pre-emption): Lightning (2.6) then finishes the current batch and stops
+    the run with ``SIGTERMException``; this saves the state at that batch before it exits.
+
+    Plain ``ModelCheckpoint(save_top_k=0, save_last=True)`` refreshes ``last.ckpt`` at an
+    epoch end only when it also saved a top-k checkpoint there, that is never; and it would
+    write ``last-v1.ckpt`` beside a ``last.ckpt`` left by an interrupted run.
+    """
+
+    def __init__(self, dirpath: str | Path, every_n_train_steps: int | None = None) -> None:
+        super().__init__(
+            dirpath=dirpath,
+            save_last=True,
+            save_top_k=0,
+            every_n_train_steps=every_n_train_steps,
+            enable_version_counter=False,
+        )
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        super().on_train_epoch_end(trainer, pl_module)
+        self._save_last(trainer)
+
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        if isinstance(exception, SIGTERMException) and self._save_last(trainer) and trainer.is_global_zero:
+            print(f"SIGTERM: saved {self.last_model_path} at step {trainer.global_step}", file=sys.stderr)
+
+    def _save_last(self, trainer: L.Trainer) -> bool:
+        if self._should_skip_saving_checkpoint(trainer):
+            return False
+        self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+        return True

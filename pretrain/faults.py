@@ -1,0 +1,37 @@
+"""How a run survives faults: the checkpoint it keeps, its random state, and its loss guard."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from lightning.pytorch.callbacks import Callback
+
+from pretrain.callbacks.finite_loss import FiniteLossGuard
+from pretrain.callbacks.last_checkpoint import LastCheckpoint
+from pretrain.callbacks.random_state import RandomState
+from pretrain.files import AtomicCheckpointIO
+
+
+class FaultTolerance:
+    """What ``conf/faults`` configures; ``build_trainer`` adds its callbacks and plugins.
+
+    - ``checkpoints/last.ckpt`` is written (atomically) every ``checkpoint_every_n_steps``
+      training steps (None: only at epoch ends), at every epoch end and on SIGTERM; it holds
+      the data position and the random state, so ``resume=RUN`` continues the run exactly.
+    - a NaN or infinite training loss stops the run within ``check_finite_every_n_steps``
+      steps, before any later checkpoint or encoder is written.
+    """
+
+    def __init__(self, checkpoint_every_n_steps: int | None = 100, check_finite_every_n_steps: int = 10) -> None:
+        self.checkpoint_every_n_steps = checkpoint_every_n_steps
+        self.check_finite_every_n_steps = check_finite_every_n_steps
+
+    def callbacks(self, run_dir: Path) -> list[Callback]:
+        return [
+            FiniteLossGuard(self.check_finite_every_n_steps),
+            RandomState(),
+            LastCheckpoint(Path(run_dir) / "checkpoints", self.checkpoint_every_n_steps),
+        ]
+
+    def plugins(self) -> list:
+        return [AtomicCheckpointIO()]

@@ -1,0 +1,277 @@
+"""Bad input gets one clear error before any work is spent, and leaves no output behind."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Literal
+
+import pytest
+import torch
+from conftest import CONF, QUIET, REPO, make_config
+from hydra import compose, initialize_config_dir
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from omegaconf import OmegaConf, open_dict
+
+import finetune.__main__ as finetune_main
+import pretrain.__main__ as pretrain_main
+from pretrain.cli import run_command
+from pretrain.data import DataError
+from pretrain.encoders import EncoderError, build_encoder
+from pretrain.export import EncoderFileError, save_encoder
+from pretrain.typecheck import fits
+from pretrain.validate import ConfigError, validate_config
+
+BAD_CONFIGS = [
+    ("pretrain", ["+sede=3"], r"unknown key 'sede' \(did you mean 'seed'\?\)"),
+    (
+        "pretrain",
+        ["+data.batchsize=3"],
+        r"data.batchsize is not an option of .*ImageDataModule \(did you mean 'batch_size'",
+    ),
+    (
+        "pretrain",
+        ["+trainer.max_epoch=3"],
+        r"trainer.max_epoch is not an option of .*Trainer \(did you mean 'max_epochs'",
+    ),
+    ("pretrain", ["+task.los=bce"], r"task.los is not an option of .*Autoencoder \(did you mean 'loss'"),
+    ("pretrain", ["+backbone.widthz=[3]"], r"backbone.widthz is not an option of mlp \(did you mean 'widths'"),
+    ("pretrain", ["+faults.every=1"], r"faults.every is not an option of .*FaultTolerance"),
+    ("finetune", ["+schedule.unfreez_epoch=1"], r"schedule.unfreez_epoch is not a key of schedule \(did you mean"),
+    ("pretrain", ["data.batch_size=abc"], r"data.batch_size='abc' must be int"),
+    ("pretrain", ["data.hflip=maybe"], r"data.hflip='maybe' must be bool"),
+    ("pretrain", ["backbone.widths=[a,b]"], r"backbone.widths=\['a', 'b'\] must be list of int"),
+    ("pretrain", ["seed=abc"], r"seed='abc' must be int"),
+    ("pretrain", ["trainer.precision=fp16"], r"trainer.precision='fp16' must be one of"),
+    ("finetune", ["schedule.unfreeze_epoch=abc"], r"schedule.unfreeze_epoch='abc' must be int"),
+    ("pretrain", ["optimizer.lr=0"], r"optimizer.lr=0 must be positive"),
+    ("pretrain", ["optimizer.lr=-0.1"], r"optimizer.lr=-0.1 must be positive"),
+    ("pretrain", ["data.batch_size=0"], r"data.batch_size=0 must be at least 1"),
+    ("pretrain", ["data.batch_size=-5"], r"data.batch_size=-5 must be at least 1"),
+    ("pretrain", ["trainer.max_epochs=0"], r"trainer.max_epochs=0 must be at least 1"),
+    ("pretrain", ["trainer.max_epochs=-1"], r"trainer.max_epochs=-1 must be at least 1"),
+    ("pretrain", ["data.label_budget=0"], r"data.label_budget=0 must be at least 1"),
+    ("pretrain", ["seed=-1"], r"seed=-1 must be in 0..2\*\*32-1"),
+    ("pretrain", ["optimizer.betas=[2,0.9]"], r"optimizer: ValueError: Invalid beta parameter at index 0: 2"),
+    ("pretrain", ["~optimizer._partial_"], r"optimizer needs _partial_: true"),
+    (
+        "pretrain",
+        ["optimizer._target_=torch.optim.Adamm"],
+        r"optimizer._target_='torch.optim.Adamm' cannot be imported",
+    ),
+    ("pretrain", ["optimizer._target_=torch.nn.Linear"], r"optimizer._target_=torch.nn.Linear is not a torch.optim"),
+    ("pretrain", ["task._target_=pretrain.tasks.jigsaw.Jigsaw"], r"task._target_=.* cannot be imported"),
+    ("pretrain", ["backbone.arch=transformer"], r"backbone.arch='transformer' is not an architecture"),
+    ("pretrain", ["data.mean={_target_:os.system,command:ls}"], r"data.mean has a _target_: only the top node"),
+    (
+        "pretrain",
+        ["data.name=fashion-mnist"],
+        r"data.name='fashion-mnist' is not a data set \(did you mean 'fashion_mnist'",
+    ),
+    ("pretrain", ["data=base"], r"data.name has no value"),
+    ("finetune", ["schedule.unfreeze_epoch=30"], r"schedule.unfreeze_epoch=30 is not before the last epoch.*0..29"),
+    ("finetune", ["reuse_blocks=0"], r"reuse_blocks=0 must be at least 1"),
+    ("finetune", ["schedule.unfreeze_top=0"], r"schedule.unfreeze_top=0 must be at least 1"),
+    ("finetune", ["schedule.encoder_lr_factor=0"], r"schedule.encoder_lr_factor=0 must be positive"),
+    ("finetune", ["head.dropout=1"], r"head.dropout=1 must be in \[0, 1\)"),
+    ("finetune", ["encoder=3"], r"encoder=3 must be str or None"),
+]
+
+
+@pytest.mark.parametrize("name,overrides,message", BAD_CONFIGS)
+def test_bad_config_values_are_named_with_the_fix(name, overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        validate_config(make_config(name, overrides), name)
+
+
+def test_every_problem_is_in_the_one_message():
+    with pytest.raises(ConfigError) as err:
+        validate_config(make_config("pretrain", ["optimizer.lr=0", "data.batch_size=0", "+sede=1"]), "pretrain")
+    assert str(err.value).count("\n  ") == 3
+
+
+def test_the_shipped_configs_are_valid():
+    for overrides in (["task=supervised", "backbone=cnn", "optimizer=nesterov"], ["data=folder", "data.root=/x"]):
+        validate_config(make_config("pretrain", overrides), "pretrain")
+    validate_config(make_config("finetune", ["encoder=e.safetensors", "backbone=resnet18"]), "finetune")
+
+
+@pytest.mark.parametrize(
+    "overrides,error,message",
+    [
+        (["data.label_budget=5"], DataError, r"data.label_budget=5: a budget of 5 images cannot cover the 10 classes"),
+        (["data.label_budget=5000"], DataError, r"data.label_budget=5000: asked for 5000 images but .* only 1212"),
+        (["data.classes=[1,2]", "data.label_budget=1"], DataError, r"cannot cover the 2 classes: use at least 2"),
+        (["data.classes=[cat,'3']"], DataError, r"data.classes=\['cat', '3'\]: unknown class 'cat': .*'0', '1'"),
+        (["data.classes=[12]"], DataError, r"class index 12 is out of range"),
+        (["data.classes=[1]", "data.exclude_classes=[1]"], DataError, r"class selection .* is empty"),
+        (
+            ["data=fashion_mnist", "data.root=ROOT"],
+            DataError,
+            r"FashionMNIST was not found under ROOT/FashionMNIST/raw",
+        ),
+        (["backbone.widths=[-4]"], EncoderError, r"backbone 'mlp' .*negative dimension"),
+        (["backbone.dropout=1.5"], EncoderError, r"backbone 'mlp' .*dropout probability has to be between 0 and 1"),
+        (["trainer.gradient_clip_algorithm=sideways"], ConfigError, r"trainer: .*gradient_clip_algorithm"),
+        (["trainer.devices=0"], ConfigError, r"trainer: .*devices"),
+        (["resume=ROOT"], ConfigError, r"resume=ROOT: ROOT/checkpoints/last.ckpt does not exist"),
+    ],
+)
+def test_pretraining_refuses_bad_data_and_setup_before_training(tmp_path, overrides, error, message):
+    overrides = [o.replace("ROOT", str(tmp_path)) for o in overrides]
+    with pytest.raises(error, match=message.replace("ROOT", str(tmp_path))):
+        pretrain_main.run(make_config("pretrain", [*overrides, *QUIET]), tmp_path / "run")
+    assert not (tmp_path / "run").exists()  # nothing written
+
+
+@pytest.fixture(scope="module")
+def encoder_files(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("encoders")
+    for name, shape in (("digits", (1, 8, 8)), ("big", (1, 10, 10)), ("rgb", (3, 8, 8))):
+        encoder = build_encoder("mlp", shape, widths=[16, 8, 8])
+        mean, std = [0.5] * shape[0], [0.25] * shape[0]
+        save_encoder(
+            folder / f"{name}.safetensors", encoder, mean=mean, std=std, pretext={"task": "t"}, data={"name": "d"}
+        )
+    return folder
+
+
+@pytest.mark.parametrize(
+    "overrides,error,message",
+    [
+        (["encoder=E/nope.safetensors"], EncoderFileError, r"E/nope.safetensors does not exist: .*encoder=none"),
+        (["encoder=E/last.ckpt"], EncoderFileError, r"pickled checkpoint.*python -m pretrain.export"),
+        (["encoder=E/digits.safetensors", "reuse_blocks=4"], ConfigError, r"reuse_blocks=4, but the mlp encoder has 3"),
+        (["encoder=none", "reuse_blocks=6"], ConfigError, r"reuse_blocks=6, but the mlp encoder has 5 block\(s\)"),
+        (
+            ["encoder=E/digits.safetensors", "reuse_blocks=2", "schedule.unfreeze_top=3"],
+            ConfigError,
+            r"schedule.unfreeze_top=3, but only 2 block\(s\) are reused",
+        ),
+        (
+            ["encoder=E/big.safetensors"],
+            ConfigError,
+            r"takes 10x10 images, but data=digits has 8x8 .*data.image_size=\[10,10\]",
+        ),
+        (
+            ["encoder=E/rgb.safetensors"],
+            ConfigError,
+            r"takes 3 channel\(s\), but data=digits has 1 .*data.grayscale=false",
+        ),
+        (["encoder=E/digits.safetensors", "data.label_budget=1000000"], DataError, r"data.label_budget=1000000: asked"),
+    ],
+)
+def test_finetuning_refuses_a_mismatched_encoder_before_training(tmp_path, encoder_files, overrides, error, message):
+    overrides = [o.replace("E/", f"{encoder_files}/") for o in overrides]
+    (encoder_files / "last.ckpt").touch()
+    with pytest.raises(error, match=message.replace("E/", f"{encoder_files}/")):
+        finetune_main.run(make_config("finetune", [*overrides, *QUIET]), tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+
+
+def hydra_run(tmp_path: Path, name: str, overrides: list[str]):
+    """Set up what @hydra.main would before calling the task function: the config, HydraConfig,
+    and Hydra's own files in a fresh run folder."""
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose(name, overrides=overrides, return_hydra_config=True)
+    run_dir = tmp_path / "outputs" / "day" / "time"
+    with open_dict(cfg):
+        cfg.hydra.runtime.output_dir = str(run_dir)
+        cfg.hydra.mode = RunMode.RUN
+    HydraConfig.instance().set_config(cfg)
+    (run_dir / ".hydra").mkdir(parents=True)
+    for f in ("config.yaml", "hydra.yaml", "overrides.yaml"):
+        (run_dir / ".hydra" / f).write_text("x: 1\n")
+    (run_dir / f"{name}.log").touch()
+    with open_dict(cfg):
+        del cfg["hydra"]
+    return cfg, run_dir
+
+
+def test_the_command_prints_one_line_exits_2_and_removes_its_folder(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    cfg, run_dir = hydra_run(tmp_path, "pretrain", ["optimizer.lr=-1"])
+    with pytest.raises(SystemExit) as exit_:
+        run_command(cfg, pretrain_main.run)
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert (
+        err.startswith("error: invalid configuration:\n  optimizer.lr=-1 must be positive") and "Traceback" not in err
+    )
+    assert not (tmp_path / "outputs").exists()  # the run folder and its empty parents are gone
+
+    monkeypatch.setenv("HYDRA_FULL_ERROR", "1")
+    cfg, run_dir = hydra_run(tmp_path, "pretrain", ["optimizer.lr=-1"])
+    with pytest.raises(ConfigError):  # the whole traceback, for debugging
+        run_command(cfg, pretrain_main.run)
+
+
+def test_a_nan_run_exits_1_and_keeps_its_folder(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    cfg, run_dir = hydra_run(tmp_path, "pretrain", ["optimizer=sgd", "optimizer.lr=1e6", *QUIET])
+    with pytest.raises(SystemExit) as exit_:
+        run_command(cfg, pretrain_main.run)
+    assert exit_.value.code == 1
+    assert capsys.readouterr().err.startswith("error: the training loss became")
+    assert (run_dir / "csv").is_dir() and not (run_dir / "encoder.safetensors").exists()
+
+
+def test_a_value_error_raised_by_our_code_is_one_line_too(tmp_path, monkeypatch, capsys):
+    """What a task raises for a config it cannot work with (here the autoencoder's loss)."""
+    monkeypatch.chdir(tmp_path)
+    cfg, _ = hydra_run(tmp_path, "pretrain", ["task.loss=hinge", *QUIET])
+    with pytest.raises(SystemExit) as exit_:
+        run_command(cfg, pretrain_main.run)
+    assert (
+        exit_.value.code == 2
+        and capsys.readouterr().err == "error: task.loss must be one of ('mse', 'bce'), not 'hinge'\n"
+    )
+
+
+def test_command_line(tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    out = subprocess.run(
+        [sys.executable, "-m", "finetune", "encoder=missing.safetensors"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert out.returncode == 2
+    assert out.stderr.splitlines()[-1] == (
+        "error: encoder file missing.safetensors does not exist: pass the encoder.safetensors that "
+        "`python -m pretrain` wrote, or encoder=none to train from scratch"
+    )
+    assert "Traceback" not in out.stderr and list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    "value,annotation,ok",
+    [
+        (3, int, True),
+        (True, int, False),
+        (3, float, True),
+        ("3", float, False),
+        (None, int | None, True),
+        ([1, "a"], list[int | str], True),
+        ([1, 2.5], list[int], False),
+        ([0.9, 0.99], tuple[float, float], True),
+        ([0.9], tuple[float, float], False),
+        ("16-mixed", Literal["16-mixed", 32], True),
+        ("32", Literal["16-mixed", 32], False),
+        ({"a": 1}, dict[str, int], True),
+        ("x", torch.Tensor, False),
+    ],
+)
+def test_values_are_judged_by_the_annotation(value, annotation, ok):
+    assert fits(value, annotation) is ok
+
+
+def test_omegaconf_round_trip_of_the_saved_config_is_valid(tmp_path):
+    """resume=RUN validates the config saved in RUN/.hydra/config.yaml, interpolations and all."""
+    saved = tmp_path / "config.yaml"
+    OmegaConf.save(make_config("pretrain", ["optimizer=sgd"]), saved)
+    validate_config(OmegaConf.load(saved), "pretrain")

@@ -1,0 +1,301 @@
+"""Runs survive faults: SIGKILL and SIGTERM mid-epoch, then resume=RUN ends with the same weights
+as an uninterrupted run; a NaN loss stops the run and keeps the last good checkpoint; every
+checkpoint write is atomic and every checkpoint load unpickles nothing but tensors and values."""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import pickle
+import signal
+import subprocess
+import sys
+
+import lightning as L
+import pytest
+import torch
+from conftest import QUIET, REPO, make_config
+from safetensors.torch import load_file
+
+import pretrain.__main__ as pretrain_main
+from pretrain.callbacks.finite_loss import NonFiniteLossError
+from pretrain.callbacks.random_state import collect, restore
+from pretrain.data import EpochPermutation, TensorBatches
+from pretrain.files import AtomicCheckpointIO
+from pretrain.resume import checkpoint_to_resume, resumed_config
+from pretrain.trainer import build_trainer
+from pretrain.validate import ConfigError
+
+# 3 epochs of 19 steps; augmentation and dropout draw random numbers every step, so a resumed
+# run matches only if it restores the data position and the random state exactly.
+RUN = [
+    "trainer.max_epochs=3",
+    "faults.checkpoint_every_n_steps=5",
+    "data.hflip=true",
+    "data.max_shift=1",
+    "backbone.dropout=0.1",
+    *QUIET,
+]
+
+
+def weights(run_dir: pathlib.Path) -> dict[str, torch.Tensor]:
+    return load_file(run_dir / "encoder.safetensors")
+
+
+def same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def checkpoint(run_dir: pathlib.Path) -> dict:
+    return torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
+
+
+def interrupted(tmp_path: pathlib.Path, step: int, signame: str, run_dir: pathlib.Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    return subprocess.run(
+        [sys.executable, REPO / "tests" / "fault_injection.py", str(step), signame, *RUN, f"hydra.run.dir={run_dir}"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory) -> dict[str, torch.Tensor]:
+    run_dir = tmp_path_factory.mktemp("reference")
+    pretrain_main.run(make_config("pretrain", RUN), run_dir)
+    return weights(run_dir)
+
+
+def test_sigkill_mid_epoch_then_resume_ends_with_the_same_weights(tmp_path, uninterrupted):
+    run_dir = tmp_path / "run"
+    killed = interrupted(tmp_path, 27, "SIGKILL", run_dir)  # epoch 1, batch 8 of 19
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    state = checkpoint(run_dir)
+    assert state["global_step"] == 25  # the last step-5 checkpoint, mid-epoch
+    assert state["loops"]["fit_loop"]["state_dict"]["combined_loader"] == [{"epoch": 1, "batches": 6}]
+    assert not (run_dir / "encoder.safetensors").exists()
+    resumed = subprocess.run(
+        [sys.executable, "-m", "pretrain", f"resume={run_dir}"],
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        capture_output=True,
+        text=True,
+    )
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert same(weights(run_dir), uninterrupted)  # bit for bit
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]  # no second run folder
+    assert (run_dir / ".hydra" / "resume" / "overrides.yaml").read_text().strip() == f"- resume={run_dir}"
+    assert "trainer.max_epochs=3" in (run_dir / ".hydra" / "overrides.yaml").read_text()  # the original, kept
+
+
+def test_sigterm_saves_a_checkpoint_exits_cleanly_and_resumes_exactly(tmp_path, uninterrupted):
+    run_dir = tmp_path / "run"
+    stopped = interrupted(tmp_path, 27, "SIGTERM", run_dir)
+    assert stopped.returncode == 143, stopped.stderr[-2000:]
+    assert f"SIGTERM: saved {run_dir / 'checkpoints' / 'last.ckpt'} at step 27" in stopped.stderr
+    assert f"continue with: python -m pretrain resume={run_dir}" in stopped.stderr
+    assert "Traceback" not in stopped.stderr
+    assert checkpoint(run_dir)["global_step"] == 27
+    pretrain_main.run(make_config("pretrain", [*RUN, f"resume={run_dir}"]), run_dir)
+    assert same(weights(run_dir), uninterrupted)
+    # The metrics log of the first part is continued, not replaced.
+    steps = [r.split(",")[2] for r in (run_dir / "csv" / "metrics.csv").read_text().splitlines()[1:]]
+    assert "9" in steps and "56" in steps
+
+
+class Crash(BaseException):
+    pass
+
+
+class At(L.Callback):
+    def __init__(self, step: int, action) -> None:
+        self.step, self.action = step, action
+
+    def on_train_batch_end(self, trainer, pl_module, *args) -> None:
+        if trainer.global_step == self.step:
+            self.action(pl_module)
+
+
+def with_callback(monkeypatch, callback: L.Callback) -> None:
+    build = pretrain_main.build_trainer
+    monkeypatch.setattr(
+        pretrain_main, "build_trainer", lambda c, d, cb=(), faults=None: build(c, d, [*cb, callback], faults=faults)
+    )
+
+
+def test_without_step_checkpoints_last_ckpt_is_written_at_every_epoch_end(tmp_path, monkeypatch):
+    def crash(_):
+        raise Crash
+
+    with_callback(monkeypatch, At(25, crash))
+    with pytest.raises(Crash):
+        pretrain_main.run(make_config("pretrain", [*RUN, "faults.checkpoint_every_n_steps=null"]), tmp_path)
+    state = checkpoint(tmp_path)
+    assert state["global_step"] == 19 and state["epoch"] == 0  # the end of epoch 0
+
+
+def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
+    def poison(module):  # what a diverging step does: a weight becomes NaN, the next loss is NaN
+        with torch.no_grad():
+            next(module.encoder.parameters())[0, 0] = float("nan")
+
+    with_callback(monkeypatch, At(12, poison))
+    message = (
+        r"the training loss became nan at step 12 \(epoch 0\); the run stopped at step 14 .*"
+        r"The last checkpoint, .*last.ckpt \(after optimizer step 10\), is from before it and was kept; "
+        r"no encoder or results were written. Likely remedies: a lower learning rate \(optimizer.lr, now 0.001\); "
+        r"gradient clipping by norm \(trainer.gradient_clip_val=1.0 trainer.gradient_clip_algorithm=norm"
+    )
+    with pytest.raises(NonFiniteLossError, match=message):
+        pretrain_main.run(make_config("pretrain", RUN), tmp_path)
+    state = checkpoint(tmp_path)
+    assert state["global_step"] == 10
+    assert all(torch.isfinite(v).all() for v in state["state_dict"].values())
+    assert not (tmp_path / "encoder.safetensors").exists() and not (tmp_path / "results.json").exists()
+
+
+def test_a_diverging_learning_rate_is_stopped(tmp_path):
+    cfg = make_config("pretrain", [*RUN, "optimizer=sgd", "optimizer.lr=1e6"])
+    with pytest.raises(NonFiniteLossError, match=r"became (nan|inf).*optimizer.lr, now 1000000.0"):
+        pretrain_main.run(cfg, tmp_path)
+    assert not (tmp_path / "encoder.safetensors").exists()
+
+
+def test_the_trainer_writes_checkpoints_atomically_and_loads_no_code(tmp_path, monkeypatch):
+    trainer = build_trainer(make_config("pretrain", QUIET).trainer, tmp_path)
+    io = trainer.strategy.checkpoint_io
+    assert isinstance(io, AtomicCheckpointIO)
+    path = tmp_path / "last.ckpt"
+    io.save_checkpoint({"w": torch.ones(3)}, path)
+
+    def killed_midway(obj, f):
+        pathlib.Path(f).write_bytes(b"half a checkpoint")
+        raise OSError("killed")
+
+    monkeypatch.setattr(torch, "save", killed_midway)
+    with pytest.raises(OSError, match="killed"):
+        io.save_checkpoint({"w": torch.zeros(3)}, path)
+    monkeypatch.undo()
+    assert torch.equal(io.load_checkpoint(path)["w"], torch.ones(3))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.ckpt"]
+
+    marker = tmp_path / "pwned"
+    evil = tmp_path / "evil.ckpt"
+    evil.write_bytes(pickle.dumps({"state_dict": _Touch(marker)}))
+    with pytest.raises(pickle.UnpicklingError):
+        io.load_checkpoint(evil)  # what resume=RUN does with RUN/checkpoints/last.ckpt
+    assert not marker.exists()
+
+
+class _Touch:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return pathlib.Path.touch, (self.marker,)
+
+
+def test_loader_resumes_mid_epoch():
+    x = torch.arange(20, dtype=torch.uint8).view(20, 1, 1, 1)
+
+    def loader():
+        sampler = EpochPermutation(20, shuffle=True, seed=3)
+        sampler.set_epoch(2)
+        return TensorBatches(x, torch.arange(20), 4, sampler)
+
+    full = [b[1] for b in loader()]
+    first = loader()
+    it = iter(first)
+    next(it), next(it)
+    assert first.state_dict() == {"epoch": 2, "batches": 2}
+    second = loader()
+    second.load_state_dict(first.state_dict())
+    rest = [b[1] for b in second]
+    assert len(rest) == 3 and all(torch.equal(a, b) for a, b in zip(rest, full[2:], strict=True))
+    assert len([b for b in second]) == 5  # the skip applies to one iteration only
+    other_epoch = loader()
+    other_epoch.load_state_dict({"epoch": 1, "batches": 2})
+    assert len(list(other_epoch)) == 5  # a state from another epoch skips nothing
+
+
+def test_random_state_round_trips_through_a_weights_only_checkpoint(tmp_path):
+    import random
+
+    import numpy as np
+
+    torch.manual_seed(0)
+    np.random.seed(0)
+    random.seed(0)
+    torch.save(collect(), tmp_path / "rng.pt")
+    expected = (torch.rand(3), np.random.rand(3), random.random())
+    torch.manual_seed(1)
+    np.random.seed(1)
+    random.seed(1)
+    restore(torch.load(tmp_path / "rng.pt", weights_only=True))
+    got = (torch.rand(3), np.random.rand(3), random.random())
+    assert torch.equal(got[0], expected[0]) and (got[1] == expected[1]).all() and got[2] == expected[2]
+
+
+def test_resume_names_what_is_wrong(tmp_path):
+    with pytest.raises(ConfigError, match=r"resume=.*nope does not exist. Point resume at the folder"):
+        checkpoint_to_resume(str(tmp_path / "nope"), tmp_path)
+    with pytest.raises(ConfigError, match=r"checkpoints/last.ckpt does not exist.*killed before its first"):
+        checkpoint_to_resume(str(tmp_path), tmp_path)
+    assert checkpoint_to_resume("auto", tmp_path) is None  # a requeued job that had not saved yet: fresh start
+    (tmp_path / "checkpoints").mkdir()
+    torch.save({}, tmp_path / "checkpoints" / "last.ckpt")
+    assert checkpoint_to_resume("auto", tmp_path) == str(tmp_path / "checkpoints" / "last.ckpt")
+    with pytest.raises(ConfigError, match="no .hydra/config.yaml"):
+        resumed_config(make_config("pretrain", [f"resume={tmp_path}"]), tmp_path / "h", [f"resume={tmp_path}"])
+    (tmp_path / ".hydra").mkdir()
+    (tmp_path / ".hydra" / "config.yaml").write_text("seed: 3\n")
+    cfg = make_config("pretrain", [f"resume={tmp_path}", "optimizer.lr=0.5"])
+    with pytest.raises(ConfigError, match=r"the other overrides \['optimizer.lr=0.5'\] would change it"):
+        resumed_config(cfg, tmp_path / "h", [f"resume={tmp_path}", "optimizer.lr=0.5"])
+    cfg, run_dir = resumed_config(cfg, tmp_path / "h", [f"resume={tmp_path}", "hydra.verbose=true"])
+    assert run_dir == tmp_path and cfg.seed == 3 and cfg.resume == str(tmp_path)
+
+
+def test_finetuning_resumed_after_the_unfreeze_matches(tmp_path, monkeypatch):
+    """Mid-epoch resume skips that epoch's start: the freeze schedule must still be the epoch's."""
+    import finetune.__main__ as finetune_main
+    from pretrain.encoders import build_encoder
+    from pretrain.export import save_encoder
+
+    torch.manual_seed(0)
+    encoder = tmp_path / "e.safetensors"
+    save_encoder(
+        encoder,
+        build_encoder("mlp", (1, 8, 8), widths=[32, 16]),
+        mean=[0.3],
+        std=[0.3],
+        pretext={"task": "t"},
+        data={"name": "d"},
+    )
+    runs = [
+        f"encoder={encoder}",
+        "trainer.max_epochs=4",
+        "schedule.unfreeze_epoch=2",
+        "faults.checkpoint_every_n_steps=3",
+    ]
+    runs += ["data.hflip=true", "head.dropout=0.2", *QUIET]  # 4 steps per epoch; unfrozen from step 8 on
+    reference = finetune_main.run(make_config("finetune", runs), tmp_path / "ref")
+
+    def crash(_):
+        raise Crash
+
+    build = finetune_main.build_trainer
+    monkeypatch.setattr(
+        finetune_main,
+        "build_trainer",
+        lambda c, d, cb=(), faults=None: build(c, d, [*cb, At(10, crash)], faults=faults),
+    )
+    with pytest.raises(Crash):
+        finetune_main.run(make_config("finetune", runs), tmp_path / "run")
+    assert checkpoint(tmp_path / "run")["global_step"] == 9  # epoch 2, after the unfreeze
+    monkeypatch.undo()
+    resumed = finetune_main.run(make_config("finetune", [*runs, f"resume={tmp_path / 'run'}"]), tmp_path / "run")
+    assert same(checkpoint(tmp_path / "run")["state_dict"], checkpoint(tmp_path / "ref")["state_dict"])
+    assert resumed["test_acc"] == reference["test_acc"]
