@@ -182,6 +182,8 @@ def _check_target(path: str, node: dict[str, Any], problems: list[str]) -> None:
             # Only a group's own node builds something: a run folder's config (resume=RUN) may
             # come from elsewhere, and must not be able to call any function Hydra can import.
             problems.append(f"{path}.{key} has a _target_: only the top node of a config group may have one")
+        elif path == "trainer" and key == "precision" and value == "mixed":
+            continue  # ours, not Lightning's: pretrain.trainer.resolve_precision picks the real one
         elif not fits(value, params[key].annotation):
             problems.append(f"{path}.{key}={value!r} must be {describe(params[key].annotation)}")
     if isinstance(obj, type) and issubclass(obj, ImageDataModule) and isinstance(node.get("name"), str):
@@ -232,7 +234,8 @@ def _check_rules(plain: dict[str, Any], problems: list[str]) -> None:
         if fits(value, float) and not rule(value):
             problems.append(f"{path}={value} {hint}")
     epochs, unfreeze = _select(plain, "trainer.max_epochs"), _select(plain, "schedule.unfreeze_epoch")
-    if isinstance(epochs, int) and isinstance(unfreeze, int) and unfreeze >= epochs >= 1:
+    from_scratch = str(plain.get("encoder")).lower() == "none"  # nothing reused, so no schedule
+    if not from_scratch and isinstance(epochs, int) and isinstance(unfreeze, int) and unfreeze >= epochs >= 1:
         problems.append(
             f"schedule.unfreeze_epoch={unfreeze} is not before the last epoch (trainer.max_epochs={epochs} trains "
             f"epochs 0..{epochs - 1}), so the reused blocks would never be unfrozen: use 0..{epochs - 1}, or null to "

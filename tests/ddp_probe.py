@@ -55,8 +55,8 @@ class Probe(L.Callback):
 build_trainer = finetune_main.build_trainer
 
 
-def probed_trainer(cfg, run_dir: Path, callbacks=()) -> L.Trainer:
-    return build_trainer(cfg, run_dir, [*callbacks, Probe(run_dir)])
+def probed_trainer(cfg, run_dir: Path, callbacks=(), **kwargs) -> L.Trainer:
+    return build_trainer(cfg, run_dir, [*callbacks, Probe(run_dir)], **kwargs)
 
 
 finetune_main.build_trainer = probed_trainer

@@ -72,7 +72,11 @@ BAD_CONFIGS = [
         r"data.name='fashion-mnist' is not a data set \(did you mean 'fashion_mnist'",
     ),
     ("pretrain", ["data=base"], r"data.name has no value"),
-    ("finetune", ["schedule.unfreeze_epoch=30"], r"schedule.unfreeze_epoch=30 is not before the last epoch.*0..29"),
+    (
+        "finetune",
+        ["encoder=e.safetensors", "schedule.unfreeze_epoch=30"],
+        r"schedule.unfreeze_epoch=30 is not before the last epoch.*0..29",
+    ),
     ("finetune", ["reuse_blocks=0"], r"reuse_blocks=0 must be at least 1"),
     ("finetune", ["schedule.unfreeze_top=0"], r"schedule.unfreeze_top=0 must be at least 1"),
     ("finetune", ["schedule.encoder_lr_factor=0"], r"schedule.encoder_lr_factor=0 must be positive"),
@@ -97,6 +101,9 @@ def test_the_shipped_configs_are_valid():
     for overrides in (["task=supervised", "backbone=cnn", "optimizer=nesterov"], ["data=folder", "data.root=/x"]):
         validate_config(make_config("pretrain", overrides), "pretrain")
     validate_config(make_config("finetune", ["encoder=e.safetensors", "backbone=resnet18"]), "finetune")
+    validate_config(make_config("finetune", ["trainer=ddp", "experiment=fashion_transfer"]), "finetune")
+    # A from-scratch run reuses nothing, so a schedule past its last epoch does not concern it.
+    validate_config(make_config("finetune", ["trainer.max_epochs=2"]), "finetune")
 
 
 @pytest.mark.parametrize(
@@ -215,7 +222,7 @@ def test_a_nan_run_exits_1_and_keeps_its_folder(tmp_path, monkeypatch, capsys):
     with pytest.raises(SystemExit) as exit_:
         run_command(cfg, pretrain_main.run)
     assert exit_.value.code == 1
-    assert capsys.readouterr().err.startswith("error: the training loss became")
+    assert "\nerror: the training loss became" in "\n" + capsys.readouterr().err
     assert (run_dir / "csv").is_dir() and not (run_dir / "encoder.safetensors").exists()
 
 

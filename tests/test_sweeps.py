@@ -63,7 +63,8 @@ def test_multirun_survives_a_failed_run_and_the_report_matches_its_results(tmp_p
     sweep = tmp_path / "sweep"
     status = hydra_command(
         finetune_main.main,
-        ["-m", f"encoder={missing},{encoder},none", "seed=0,1", "trainer.max_epochs=2", "trainer.log_every_n_steps=2"]
+        ["-m", f"encoder={missing},{encoder},none", "seed=0,1", "trainer.max_epochs=2", "schedule.unfreeze_epoch=1"]
+        + ["trainer.log_every_n_steps=2"]
         + [f"hydra.sweep.dir={sweep}", *QUIET],
         monkeypatch,
     )

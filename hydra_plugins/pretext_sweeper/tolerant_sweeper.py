@@ -30,7 +30,8 @@ class SweepFailures(CompactHydraException):
 def describe_failure(job_num: int, job_return: JobReturn) -> str:
     error = job_return._return_value  # the exception; JobReturn.return_value would re-raise it
     folder = job_return.hydra_cfg.hydra.runtime.output_dir if job_return.hydra_cfg else "?"
-    message = str(error).strip().splitlines()[0] if str(error).strip() else ""
+    # All of it on one line: a multi-line message (a list of config problems) starts with a heading.
+    message = " ".join(line.strip() for line in str(error).strip().splitlines())
     overrides = " ".join(filter_overrides(job_return.overrides or []))
     return f"#{job_num} {overrides} ({folder}): {type(error).__name__}: {message}"
 
