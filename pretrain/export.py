@@ -206,7 +206,10 @@ def export_checkpoint(checkpoint_path: str | os.PathLike, out: str | os.PathLike
     except (KeyError, TypeError, EncoderError) as err:
         raise EncoderFileError(f"{checkpoint_path}: its encoder description is unusable: {err}") from None
     prefix = "encoder."
-    state = {k[len(prefix) :]: v for k, v in checkpoint["state_dict"].items() if k.startswith(prefix)}
+    # A task that stores its encoder reparametrized (the GAN's spectral norm) records the plain weights.
+    state = info.get("state_dict") or {
+        k[len(prefix) :]: v for k, v in checkpoint["state_dict"].items() if k.startswith(prefix)
+    }
     _check_tensors(Path(checkpoint_path), encoder, state)
     encoder.load_state_dict(state)
     return save_encoder(

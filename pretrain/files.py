@@ -33,3 +33,11 @@ def write_text(path: str | os.PathLike, text: str) -> Path:
 
 def write_json(path: str | os.PathLike, obj: Any) -> Path:
     return write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def write_image(path: str | os.PathLike, images: Any, **grid: Any) -> Path:
+    """A grid of 0..1 images (``(N, C, H, W)``) as an image file, through torchvision's ``save_image``."""
+    from torchvision.utils import save_image
+
+    fmt = Path(path).suffix.lstrip(".") or "png"  # the temporary name has no telling suffix
+    return atomic_write(path, lambda tmp: save_image(images.detach().float().cpu(), tmp, format=fmt, **grid))
