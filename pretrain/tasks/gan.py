@@ -237,8 +237,3 @@ class GAN(PretextTask):
             samples = self.generator(self.sample_noise)
         self.train(was_training)
         self.save_figure(f"samples/epoch_{self.current_epoch:03d}.png", samples, nrow=8)
-
-    def sample(self, count: int, generator: torch.Generator | None = None) -> Tensor:
-        """``count`` generated images as 0..1 pixels."""
-        z = torch.randn(count, self.latent_dim, generator=generator).to(self.device)
-        return self.generator(z)
