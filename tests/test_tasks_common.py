@@ -95,3 +95,17 @@ def test_every_task_trains_a_resnet(task, tmp_path):
     fit(module, tmp_path, task, steps=1, batch_size=4)
     after = snapshot(module.encoder)
     assert any(not torch.equal(before[k], after[k]) for k in after)
+
+
+@pytest.mark.parametrize("task", ["gan", "greedy"])
+def test_under_ddp_they_ask_for_unused_parameters_to_be_allowed(task):
+    from types import SimpleNamespace
+
+    module = build(task, "mlp")
+    ddp = SimpleNamespace(_ddp_kwargs={})
+    module._trainer = SimpleNamespace(world_size=2, strategy=ddp, max_epochs=1000, current_epoch=0)
+    start = (lambda: module.setup("fit")) if task == "gan" else module.on_fit_start
+    with pytest.raises(ValueError, match="ddp_find_unused_parameters_true"):
+        start()
+    ddp._ddp_kwargs["find_unused_parameters"] = True
+    start()
