@@ -25,12 +25,13 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     validate_config(cfg, "pretrain")
     checkpoint = checkpoint_to_resume(cfg.resume, run_dir)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
-    datamodule = instantiate(cfg.data)
+    # Objects go in after instantiation: Hydra would turn the DataInfo dataclass into a config.
+    make_task = instantiate(cfg.task, _partial_=True)
+    datamodule = instantiate(cfg.data, batches=make_task.func.batches)  # what the task trains on: images or pairs
     datamodule.setup("fit")
     info = datamodule.info
     encoder = build_encoder(input_shape=info.input_shape, **OmegaConf.to_container(cfg.backbone, resolve=True))
-    # Objects go in after instantiation: Hydra would turn the DataInfo dataclass into a config.
-    task = instantiate(cfg.task, _partial_=True)(encoder=encoder, optimizer=instantiate(cfg.optimizer), data=info)
+    task = make_task(encoder=encoder, optimizer=instantiate(cfg.optimizer), data=info)
     trainer = build_trainer(cfg.trainer, run_dir, faults=instantiate(cfg.faults))
     trainer.fit(task, datamodule=datamodule, ckpt_path=checkpoint)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
@@ -45,7 +46,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     if trainer.is_global_zero:
         save_encoder(
             run_dir / "encoder.safetensors",
-            task.encoder,
+            task.exported_encoder(),
             mean=list(info.mean),
             std=list(info.std),
             pretext={"task": task.name, "config": OmegaConf.to_container(cfg.task, resolve=True)},

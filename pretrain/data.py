@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import itertools
 import os
 import warnings
 from collections.abc import Iterator, Sequence
@@ -168,6 +169,46 @@ def _read_image_folder(folder: Path, image_size: Sequence[int] | None, grayscale
     return ImageSet(torch.stack(images), torch.tensor(labels, dtype=torch.long), tuple(index.classes))
 
 
+def _load_faces(root: str | None, image_size: Sequence[int] | None) -> tuple[ImageSet, ImageSet]:
+    """Face images in the AT&T layout ``sNN/K.pgm`` (one folder per person), under ``root`` or ``root/att_faces``.
+
+    The set has no official test split (the second ImageSet is empty): hold out people with
+    ``split_by=class``, or test on the images a label budget leaves over with ``test_split=rest``.
+    """
+    from PIL import Image
+    from torchvision.transforms.v2.functional import pil_to_tensor, resize
+
+    folder = Path(_require_root(root, "data=faces"))
+    if (folder / "att_faces").is_dir():
+        folder = folder / "att_faces"
+    people = sorted(
+        (d for d in folder.glob("s*") if d.is_dir() and d.name[1:].isdigit()), key=lambda d: int(d.name[1:])
+    )
+    if not people:
+        raise DataError(
+            f"no face folders sNN/ under {folder}: point data.root at the folder of the AT&T faces "
+            "(s1/1.pgm ... s40/10.pgm), or at its parent holding att_faces/"
+        )
+    images, labels = [], []
+    for label, person in enumerate(people):
+        files = sorted(person.glob("*.pgm"), key=lambda f: (len(f.stem), f.stem))  # 1, 2, ..., 10
+        if not files:
+            raise DataError(f"face folder {person} holds no .pgm images")
+        for file in files:
+            with Image.open(file) as im:
+                tensor = pil_to_tensor(im.convert("L"))
+            if image_size is not None:
+                tensor = resize(tensor, list(image_size), antialias=True)
+            images.append(tensor)
+            labels.append(label)
+    shapes = {tuple(t.shape) for t in images}
+    if len(shapes) > 1:
+        raise DataError(f"face images under {folder} differ in size ({sorted(shapes)[:3]}...): set data.image_size")
+    classes = tuple(p.name for p in people)
+    full = ImageSet(torch.stack(images), torch.tensor(labels, dtype=torch.long), classes)
+    return full, full.subset(torch.arange(0))
+
+
 SOURCES = {
     "digits": _load_digits,
     "fashion_mnist": _torchvision_loader("FashionMNIST"),
@@ -187,8 +228,10 @@ def load_source(
     """The (train, test) splits of a data set, decoded once per process and then cached."""
     if name == "folder":
         return _load_folder(root, image_size, grayscale, on_bad_file)
+    if name == "faces":
+        return _load_faces(root, image_size)
     if name not in SOURCES:
-        raise DataError(f"unknown data set {name!r}: choose one of {sorted([*SOURCES, 'folder'])}")
+        raise DataError(f"unknown data set {name!r}: choose one of {sorted([*SOURCES, 'folder', 'faces'])}")
     return SOURCES[name](root, download)
 
 
@@ -338,15 +381,20 @@ class TensorBatches:
         return full + (rest > 1 or (rest == 1 and not self.sampler.shuffle))
 
     def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
-        # A generator: the order is drawn at the first batch, after Lightning's set_epoch.
-        order = self.sampler.order().to(self.images.device)
         resume, self._resume = self._resume, None
         self.served = resume["batches"] if resume and resume["epoch"] == self.sampler.epoch else 0
-        for start in range(self.served * self.batch_size, len(order), self.batch_size):
+        for batch in itertools.islice(self._batches(), self.served, None):
+            self.served += 1
+            yield batch
+
+    def _batches(self) -> Iterator[tuple[Tensor, Tensor]]:
+        """Every batch of the current epoch. A generator: the order is drawn at the first batch,
+        after Lightning's set_epoch."""
+        order = self.sampler.order().to(self.images.device)
+        for start in range(0, len(order), self.batch_size):
             index = order[start : start + self.batch_size]
             if self.sampler.shuffle and len(index) == 1:
                 break  # a training batch of one breaks batch norm; the image returns next epoch
-            self.served += 1
             yield self.images[index], self.labels[index]
 
     def state_dict(self) -> dict[str, int]:
@@ -354,6 +402,74 @@ class TensorBatches:
 
     def load_state_dict(self, state: dict[str, int]) -> None:
         self._resume = {"epoch": int(state["epoch"]), "batches": int(state["batches"])}
+
+
+class EpochPairs(EpochPermutation):
+    """Balanced pairs for one epoch: each image anchors ``per_image`` pairs, and every other pair
+    (in the order served, so every even-sized batch) is same-class, the rest different-class.
+
+    The anchors' order and their partners are drawn afresh from (seed, epoch) when ``shuffle``;
+    evaluation pairs (``shuffle=False``) are drawn from the seed alone, so they stay the same.
+    """
+
+    def __init__(
+        self, labels: Tensor, per_image: int, shuffle: bool, seed: int = 0, rank: int = 0, world_size: int = 1
+    ) -> None:
+        labels = labels.cpu()
+        counts = torch.bincount(labels)
+        present = counts[counts > 0]
+        if len(present) < 2 or int(present.min()) < 2:
+            raise DataError(
+                f"pairs need at least 2 classes (identities) with at least 2 images each; this split has "
+                f"{len(present)} class(es) with {present.tolist()} images: adjust data.classes or data.val_size"
+            )
+        if per_image < 1:
+            raise DataError(f"data.pairs_per_image must be at least 1, not {per_image}")
+        super().__init__(len(labels) * per_image, True, seed, rank, world_size)
+        self.draw_per_epoch = shuffle
+        self.labels, self.counts = labels, counts
+        self.by_class = torch.argsort(labels, stable=True)  # indices grouped by class
+        self.starts = torch.cumsum(counts, 0) - counts  # where each class begins in by_class
+        self.position = torch.empty_like(self.by_class)
+        self.position[self.by_class] = torch.arange(len(labels))
+
+    def set_epoch(self, epoch: int) -> None:
+        if self.draw_per_epoch:  # evaluation pairs stay those of epoch 0
+            super().set_epoch(epoch)
+
+    def pairs(self) -> tuple[Tensor, Tensor, Tensor]:
+        """``(anchor, partner, same)`` index tensors of this rank's pairs for the current epoch."""
+        anchor = self.order() % len(self.labels)
+        # A stream apart from the anchors' permutation (which is drawn from [seed, epoch]).
+        seed = int(np.random.SeedSequence([self.seed, self.epoch, 1]).generate_state(1)[0])
+        generator = torch.Generator().manual_seed(seed)
+        same = torch.arange(len(anchor)) % 2 == 0
+        cls = self.labels[anchor]
+        count, start = self.counts[cls], self.starts[cls]
+        u = torch.rand(len(anchor), generator=generator, dtype=torch.float64)
+        # Same class: one of the class's other count-1 images (skip the anchor's own slot).
+        k = start + (u * (count - 1)).long()
+        k = k + (k >= self.position[anchor]).long()
+        # Other class: one of the n-count images outside the class's block.
+        r = (u * (len(self.labels) - count)).long()
+        r = r + count * (r >= start).long()
+        partner = self.by_class[torch.where(same, k, r)]
+        return anchor, partner, same.long()
+
+
+class PairBatches(TensorBatches):
+    """Batches of image pairs, ``(images, same)``: ``images`` is ``(2B, C, H, W)`` with the B anchors
+    first and their B partners after them, ``same`` is ``(B,)``, 1 where both show the same class."""
+
+    sampler: EpochPairs
+
+    def _batches(self) -> Iterator[tuple[Tensor, Tensor]]:
+        anchor, partner, same = (t.to(self.images.device) for t in self.sampler.pairs())
+        for start in range(0, len(anchor), self.batch_size):
+            a, b = anchor[start : start + self.batch_size], partner[start : start + self.batch_size]
+            if self.sampler.shuffle and len(a) == 1:
+                break
+            yield self.images[torch.cat([a, b])], same[start : start + self.batch_size]
 
 
 def augment_batch(x: Tensor, hflip: bool, max_shift: int) -> Tensor:
@@ -381,14 +497,27 @@ def normalize(images: Tensor, mean: Sequence[float], std: Sequence[float]) -> Te
     return images.float() * scale - shift
 
 
+def denormalize(images: Tensor, mean: Sequence[float], std: Sequence[float]) -> Tensor:
+    """Normalized images back to 0..1 pixels (clamped), for pictures."""
+    m = torch.tensor(mean, device=images.device).view(1, -1, 1, 1)
+    s = torch.tensor(std, device=images.device).view(1, -1, 1, 1)
+    return (images * s + m).clamp(0, 1)
+
+
 class ImageDataModule(L.LightningDataModule):
     """Train/val/test splits of one data set, with class selection and a label budget.
 
     The training pool is the data set's training split restricted to the chosen classes.
-    A validation set of ``val_size`` images (a count, or a fraction of the pool) is drawn
-    from it first, stratified; the training set is the rest, or exactly ``label_budget``
-    images of it, stratified. Both draws depend on ``seed`` only. The test set is the
-    official test split of the chosen classes.
+    A validation set is drawn from it first: with ``split_by="image"``, ``val_size`` images
+    (a count, or a fraction of the pool), stratified; with ``split_by="class"``, all images
+    of ``val_size`` whole classes (a count, or a fraction of the classes), so that
+    validation uses classes (people) never seen in training. The training set is the rest,
+    or exactly ``label_budget`` images of it, stratified. All draws depend on ``seed`` only.
+    The test set is the official test split of the chosen classes (``test_split="official"``)
+    or, for data sets without one, the images the label budget leaves over (``"rest"``).
+
+    ``batches="pairs"`` serves balanced same/different-class pairs instead of single images
+    (``PairBatches``, drawn afresh each epoch), ``pairs_per_image`` per image and split.
     """
 
     def __init__(
@@ -410,8 +539,21 @@ class ImageDataModule(L.LightningDataModule):
         image_size: Sequence[int] | None = None,
         grayscale: bool = True,
         on_bad_file: str = "error",
+        split_by: str = "image",
+        test_split: str = "official",
+        batches: str = "images",
+        pairs_per_image: int = 1,
     ) -> None:
         super().__init__()
+        for option, value, allowed in (
+            ("split_by", split_by, ("image", "class")),
+            ("test_split", test_split, ("official", "rest")),
+            ("batches", batches, ("images", "pairs")),
+        ):
+            if value not in allowed:
+                raise DataError(f"data.{option} must be one of {allowed}, not {value!r}")
+        self.split_by, self.test_split = split_by, test_split
+        self.batches, self.pairs_per_image = batches, pairs_per_image
         self.name, self.root, self.download = name, root, download
         self.classes, self.exclude_classes = classes, exclude_classes
         self.label_budget, self.val_size = label_budget, val_size
@@ -442,17 +584,25 @@ class ImageDataModule(L.LightningDataModule):
         generator = torch.Generator().manual_seed(self.seed)
         pool = torch.arange(len(train.labels))
         val = pool[:0]
-        n_val = self._val_count(len(pool))
-        if n_val:
+        if self.split_by == "class":
+            present = train.labels.unique()
+            n_val = self._val_count(len(present), "classes")
+            held = present[torch.randperm(len(present), generator=generator)[:n_val]]
+            val = pool[torch.isin(train.labels, held)]
+        elif n_val := self._val_count(len(pool), "images"):
             with _naming("data.val_size", self.val_size):
                 val = stratified_indices(train.labels, n_val, generator)
-            mask = torch.ones(len(pool), dtype=torch.bool)
-            mask[val] = False
-            pool = pool[mask]
+        pool = pool[~torch.isin(pool, val)]
+        rest = pool[:0]
         if self.label_budget is not None:
             with _naming("data.label_budget", self.label_budget):
-                pool = pool[stratified_indices(train.labels[pool], self.label_budget, generator)]
-        mean, std = channel_stats(train.images) if self.mean is None or self.std is None else (None, None)
+                chosen = pool[stratified_indices(train.labels[pool], self.label_budget, generator)]
+            rest, pool = pool[~torch.isin(pool, chosen)], chosen
+        measured = train.images
+        if self.test_split == "rest":
+            test = train.subset(rest)
+            measured = train.images[~torch.isin(torch.arange(len(train.labels)), rest)]  # normalize without them
+        mean, std = channel_stats(measured) if self.mean is None or self.std is None else (None, None)
         mean, std = self.mean if self.mean is not None else mean, self.std if self.std is not None else std
         self.train_set, self.val_set, self.test_set = train.subset(pool), train.subset(val), test
         self.info = DataInfo(
@@ -483,12 +633,12 @@ class ImageDataModule(L.LightningDataModule):
             )
         return keep
 
-    def _val_count(self, pool_size: int) -> int:
+    def _val_count(self, pool_size: int, unit: str) -> int:
         if self.val_size < 0:
             raise DataError(f"data.val_size must be >= 0, not {self.val_size}")
         count = round(self.val_size * pool_size) if 0 < self.val_size < 1 else int(self.val_size)
         if count >= pool_size:
-            raise DataError(f"data.val_size={self.val_size} leaves no training images out of {pool_size}")
+            raise DataError(f"data.val_size={self.val_size} leaves no training {unit} out of {pool_size}")
         return count
 
     # Batches live on the training device when it is an accelerator: the whole set is a few
@@ -499,6 +649,9 @@ class ImageDataModule(L.LightningDataModule):
             rank, world = self.trainer.global_rank, self.trainer.world_size
             device = self.trainer.strategy.root_device
         images, labels = split.images, split.labels
+        if self.batches == "pairs":
+            pairs = EpochPairs(labels, self.pairs_per_image, shuffle, self.seed, rank, world)
+            return PairBatches(images.to(device), labels, batch_size, pairs)
         if device.type != "cpu":
             images, labels = images.to(device), labels.to(device)
         return TensorBatches(images, labels, batch_size, EpochPermutation(len(labels), shuffle, self.seed, rank, world))
@@ -510,6 +663,13 @@ class ImageDataModule(L.LightningDataModule):
         return self._loader(self.val_set, self.eval_batch_size, shuffle=False) if len(self.val_set.labels) else []
 
     def test_dataloader(self) -> TensorBatches:
+        if not len(self.test_set.labels):
+            how = (
+                "set data.label_budget, so that the images it leaves over form the test set"
+                if self.test_split == "rest"
+                else "this data set has no official test split: set data.test_split=rest and data.label_budget"
+            )
+            raise DataError(f"data={self.name} has no test images: {how}")
         return self._loader(self.test_set, self.eval_batch_size, shuffle=False)
 
     def normalize(self, images: Tensor) -> Tensor:

@@ -14,6 +14,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 Block = tuple[str, nn.Module]
@@ -181,7 +182,74 @@ def resnet18(input_shape: Sequence[int]) -> list[Block]:
     ]
 
 
-BACKBONES: dict[str, Callable[..., list[Block]]] = {"mlp": mlp, "cnn": cnn, "resnet18": resnet18}
+def patchify(images: Tensor, patch_size: int) -> Tensor:
+    """``(N, C, H, W)`` images to ``(N, L, C*p*p)`` patches, row by row: the order of ``PatchEmbed``'s tokens."""
+    return F.unfold(images, patch_size, stride=patch_size).transpose(1, 2)
+
+
+def unpatchify(patches: Tensor, patch_size: int, image_size: Sequence[int]) -> Tensor:
+    """The inverse of ``patchify``: ``(N, L, C*p*p)`` patches back to ``(N, C, H, W)`` images."""
+    return F.fold(patches.transpose(1, 2), tuple(image_size), patch_size, stride=patch_size)
+
+
+class PatchEmbed(nn.Module):
+    """Image to tokens: non-overlapping ``patch_size`` patches, each linearly embedded, plus learned positions."""
+
+    def __init__(self, input_shape: Sequence[int], patch_size: int, dim: int) -> None:
+        super().__init__()
+        channels, height, width = (int(d) for d in input_shape)
+        self.patch_size = patch_size
+        self.proj = nn.Conv2d(channels, dim, patch_size, stride=patch_size)
+        self.position = nn.Parameter(torch.zeros(1, (height // patch_size) * (width // patch_size), dim))
+        nn.init.trunc_normal_(self.position, std=0.02)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.proj(x).flatten(2).transpose(1, 2) + self.position
+
+
+def vit(
+    input_shape: Sequence[int],
+    patch_size: int = 4,
+    dim: int = 64,
+    layers: int = 4,
+    heads: int = 4,
+    mlp_ratio: float = 2.0,
+    dropout: float = 0.0,
+    activation: str = "gelu",
+) -> list[Block]:
+    """A small vision transformer: a patch embedding, then ``layers`` pre-norm transformer blocks.
+
+    Every block outputs ``(L, dim)`` tokens, one per patch (no class token: ``GlobalPool``
+    averages the tokens). At 28x28 with 4x4 patches that is 49 tokens.
+    """
+    _, height, width = (int(d) for d in input_shape)
+    if patch_size < 1 or height % patch_size or width % patch_size:
+        raise EncoderError(
+            f"vit: patch_size {patch_size} must divide the image height and width {(height, width)}: "
+            "choose another backbone.patch_size, or resize the images (data.image_size)"
+        )
+    if dim % heads:
+        raise EncoderError(f"vit: dim {dim} must be a multiple of heads {heads}")
+    if layers < 1:
+        raise EncoderError("vit: layers must be at least 1")
+    if activation not in ("relu", "gelu"):
+        raise EncoderError(f"vit: activation must be relu or gelu, not {activation!r}")
+    blocks: list[Block] = [("embed", PatchEmbed(input_shape, patch_size, dim))]
+    for i in range(layers):
+        layer = nn.TransformerEncoderLayer(
+            dim,
+            heads,
+            round(dim * mlp_ratio),
+            dropout,
+            activation=activation,
+            batch_first=True,
+            norm_first=True,  # pre-norm: trains stably without a warm-up
+        )
+        blocks.append((f"block{i + 1}", layer))
+    return blocks
+
+
+BACKBONES: dict[str, Callable[..., list[Block]]] = {"mlp": mlp, "cnn": cnn, "resnet18": resnet18, "vit": vit}
 """The only architectures an encoder file may name."""
 
 

@@ -357,7 +357,11 @@ def export_checkpoint(checkpoint_path: str | os.PathLike, out: str | os.PathLike
     if not isinstance(info, dict) or not isinstance(state, dict):
         raise EncoderFileError(f"{source} was not written by a pretext task of this project")
     prefix = "encoder."
-    tensors = {k[len(prefix) :]: v for k, v in state.items() if isinstance(k, str) and k.startswith(prefix)}
+    # A task that stores its encoder reparametrized (the GAN's spectral norm) records the plain weights.
+    plain = info.get("state_dict")
+    if plain is not None and not isinstance(plain, dict):
+        raise EncoderFileError(f"{source}: its recorded encoder weights are not a mapping of tensors")
+    tensors = plain or {k[len(prefix) :]: v for k, v in state.items() if isinstance(k, str) and k.startswith(prefix)}
     spec = {**info, "normalization": {"mean": info.get("mean"), "std": info.get("std")}}
     check_spec(source, spec, len(tensors))
     if not all(isinstance(v, torch.Tensor) for v in tensors.values()):

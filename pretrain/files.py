@@ -67,3 +67,11 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
     def load_checkpoint(self, path: Any, *args: Any, weights_only: bool | None = None, **kwargs: Any) -> dict[str, Any]:
         return super().load_checkpoint(path, *args, weights_only=weights_only is not False, **kwargs)
+
+
+def write_image(path: str | os.PathLike, images: Any, **grid: Any) -> Path:
+    """A grid of 0..1 images (``(N, C, H, W)``) as an image file, through torchvision's ``save_image``."""
+    from torchvision.utils import save_image
+
+    fmt = Path(path).suffix.lstrip(".") or "png"  # the temporary name has no telling suffix
+    return atomic_write(path, lambda tmp: save_image(images.detach().float().cpu(), tmp, format=fmt, **grid))

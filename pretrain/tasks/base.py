@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from pathlib import Path
 from typing import Any
 
 import lightning as L
+from torch import Tensor
 from torch.optim import Optimizer
 
 from pretrain.data import DataInfo
 from pretrain.encoders import Encoder
+from pretrain.files import write_image
 
 OptimizerFactory = Callable[[Iterable[Any]], Optimizer]
 """``functools.partial(torch.optim.X, lr=..., ...)``, as Hydra builds it from ``conf/optimizer``."""
@@ -22,6 +25,8 @@ class PretextTask(L.LightningModule):
     """
 
     name: str = ""
+    batches: str = "images"
+    """What the task trains on: ``images`` (image, label) batches, or ``pairs`` (see ``data.PairBatches``)."""
 
     def __init__(self, encoder: Encoder, optimizer: OptimizerFactory, data: DataInfo) -> None:
         super().__init__()
@@ -31,6 +36,23 @@ class PretextTask(L.LightningModule):
 
     def configure_optimizers(self) -> Optimizer:
         return self.optimizer_factory(p for p in self.parameters() if p.requires_grad)
+
+    def exported_encoder(self) -> Encoder:
+        """The encoder as its file stores it (plain weights; a task that reparametrizes them overrides this)."""
+        return self.encoder
+
+    def save_figure(self, name: str, images: Tensor, nrow: int) -> None:
+        """Write a grid of 0..1 images as ``name`` in the run folder (the Trainer's ``default_root_dir``);
+        rank 0 only."""
+        if self.trainer.is_global_zero:
+            write_image(Path(self.trainer.default_root_dir) / name, images, nrow=nrow)
+
+    def require_unused_parameters(self, why: str) -> None:
+        """Fail clearly where DDP would fail obscurely: a step that leaves parameters unused needs
+        ``find_unused_parameters``."""
+        ddp_kwargs = getattr(self.trainer.strategy, "_ddp_kwargs", {})  # DDPStrategy keeps its DDP arguments here
+        if self.trainer.world_size > 1 and not ddp_kwargs.get("find_unused_parameters", False):
+            raise ValueError(f"task {self.name}: {why}; under DDP set trainer.strategy=ddp_find_unused_parameters_true")
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # Plain values only, so `python -m pretrain.export` can read it with weights_only=True.
@@ -42,3 +64,8 @@ class PretextTask(L.LightningModule):
             "data": self.data_info.name,
             "classes": list(self.data_info.classes),
         }
+        exported = self.exported_encoder()
+        if exported is not self.encoder:  # stored reparametrized: keep the plain weights its file needs
+            checkpoint["pretext_encoder"]["state_dict"] = {
+                k: v.detach().cpu() for k, v in exported.state_dict().items()
+            }
