@@ -216,6 +216,10 @@ SOURCES = {
 }
 
 
+DATA_SETS = sorted([*SOURCES, "folder", "faces"])
+"""Every name ``data.name`` may take (folder and faces read any root, with their own options)."""
+
+
 @functools.lru_cache(maxsize=8)
 def load_source(
     name: str,
@@ -231,7 +235,7 @@ def load_source(
     if name == "faces":
         return _load_faces(root, image_size)
     if name not in SOURCES:
-        raise DataError(f"unknown data set {name!r}: choose one of {sorted([*SOURCES, 'folder', 'faces'])}")
+        raise DataError(f"unknown data set {name!r}: choose one of {DATA_SETS}")
     return SOURCES[name](root, download)
 
 

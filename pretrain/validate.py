@@ -38,7 +38,7 @@ from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 
-from pretrain.data import SOURCES, ImageDataModule
+from pretrain.data import DATA_SETS, ImageDataModule
 from pretrain.encoders import BACKBONES, Encoder
 from pretrain.faults import FaultTolerance
 from pretrain.tasks.base import PretextTask
@@ -187,7 +187,7 @@ def _check_target(path: str, node: dict[str, Any], problems: list[str]) -> None:
         elif not fits(value, params[key].annotation):
             problems.append(f"{path}.{key}={value!r} must be {describe(params[key].annotation)}")
     if isinstance(obj, type) and issubclass(obj, ImageDataModule) and isinstance(node.get("name"), str):
-        known = sorted([*SOURCES, "folder"])
+        known = DATA_SETS
         if node["name"] not in known:
             problems.append(f"data.name={node['name']!r} is not a data set{_did_you_mean(node['name'], known)}")
 

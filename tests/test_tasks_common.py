@@ -64,7 +64,12 @@ def test_training_changes_the_encoder_and_lowers_the_loss_and_the_export_matches
     assert any(not torch.equal(before_state[k], after[k]) for k in after)
 
     path = save_encoder(
-        tmp_path / "e.safetensors", module.exported_encoder(), mean=[0.0], std=[1.0], pretext={"task": task}, data={}
+        tmp_path / "e.safetensors",
+        module.exported_encoder(),
+        mean=[0.0],
+        std=[1.0],
+        pretext={"task": task},
+        data={"name": "synthetic"},
     )
     loaded = load_encoder(path).encoder
     module.eval()
@@ -79,7 +84,12 @@ def test_gan_with_spectral_norm_exports_plain_weights_that_compute_the_same(tmp_
     assert any("parametrizations" in k for k in module.encoder.state_dict())
     fit(module, tmp_path, "gan", steps=5)
     path = save_encoder(
-        tmp_path / "e.safetensors", module.exported_encoder(), mean=[0.0], std=[1.0], pretext={"task": "gan"}, data={}
+        tmp_path / "e.safetensors",
+        module.exported_encoder(),
+        mean=[0.0],
+        std=[1.0],
+        pretext={"task": "gan"},
+        data={"name": "synthetic"},
     )
     loaded = load_encoder(path).encoder
     module.eval()
