@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.plugins.io import AsyncCheckpointIO
 
 from pretrain.callbacks.finite_loss import FiniteLossGuard
 from pretrain.callbacks.last_checkpoint import LastCheckpoint
@@ -16,7 +17,7 @@ class FaultTolerance:
     """What ``conf/faults`` configures; ``build_trainer`` adds its callbacks and plugins.
 
     - ``checkpoints/last.ckpt`` is written (atomically) every ``checkpoint_every_n_steps``
-      training steps (None: only at epoch ends), at every epoch end and on SIGTERM; it holds
+      training steps (None: at every epoch end instead), at the last epoch end and on SIGTERM; it holds
       the data position and the random state, so ``resume=RUN`` continues the run exactly.
     - a NaN or infinite training loss stops the run within ``check_finite_every_n_steps``
       steps, before any later checkpoint or encoder is written.
@@ -34,4 +35,6 @@ class FaultTolerance:
         ]
 
     def plugins(self) -> list:
-        return [AtomicCheckpointIO()]
+        # Written in a background thread from a copy of the state: a ResNet's checkpoint (weights and
+        # Adam's moments, 130 MB) takes longer to write than a hundred GPU steps (scripts/bench.py).
+        return [AsyncCheckpointIO(AtomicCheckpointIO())]

@@ -9,13 +9,13 @@ from pathlib import Path
 import lightning as L
 import torch
 from hydra.utils import instantiate
-from lightning.pytorch.callbacks import Callback, LearningRateMonitor
+from lightning.pytorch.callbacks import Callback, LearningRateMonitor, TQDMProgressBar
 from lightning.pytorch.loggers import TensorBoardLogger
 from omegaconf import DictConfig
 
+from pretrain.callbacks.grad_norm import GradNormMonitor
 from pretrain.csv_log import ContinuingCSVLogger
 from pretrain.faults import FaultTolerance
-from pretrain.grad_norm import GradNormMonitor
 from pretrain.validate import lightning_refusals
 
 # Lightning warnings that are expected here, not problems: frozen blocks are in eval mode on
@@ -60,6 +60,13 @@ def build_trainer(
                 *faults.callbacks(run_dir),
                 LearningRateMonitor(logging_interval="epoch"),
                 GradNormMonitor(),
+                # Refreshed as often as the logs are written: the values it shows change no more often,
+                # and a refresh per step costs a tenth of a small model's step (scripts/bench.py).
+                *(
+                    [TQDMProgressBar(refresh_rate=trainer_cfg.log_every_n_steps)]
+                    if trainer_cfg.enable_progress_bar
+                    else []
+                ),
                 *callbacks,
             ],
         )

@@ -165,7 +165,7 @@ def test_a_diverging_learning_rate_is_stopped(tmp_path):
 
 def test_the_trainer_writes_checkpoints_atomically_and_loads_no_code(tmp_path, monkeypatch):
     trainer = build_trainer(make_config("pretrain", QUIET).trainer, tmp_path)
-    io = trainer.strategy.checkpoint_io
+    io = trainer.strategy.checkpoint_io.checkpoint_io  # inside AsyncCheckpointIO's background writer
     assert isinstance(io, AtomicCheckpointIO)
     path = tmp_path / "last.ckpt"
     io.save_checkpoint({"w": torch.ones(3)}, path)

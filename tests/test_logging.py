@@ -1,4 +1,4 @@
-"""The gradient-norm curve: the norm clipping acts on, on the steps the loggers write."""
+"""What the loggers receive: the gradient-norm curve, and training values through `log_train`."""
 
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ from lightning.pytorch.loggers import CSVLogger
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from pretrain.grad_norm import GradNormMonitor
+from pretrain.callbacks.grad_norm import GradNormMonitor
+from pretrain.tasks.base import PretextTask
 
 
 class TwoOptimizers(L.LightningModule):
@@ -59,3 +60,48 @@ def test_grad_norm_per_optimizer_on_logged_steps(tmp_path):
         # Lightning writes step metrics on batches 2, 4, 6 (steps 1, 3, 5): those norms, no others.
         assert [step for step, _ in logged] == [1, 3, 5]
         assert [value for _, value in logged] == [pytest.approx(model.expected[i][b]) for b in (1, 3, 5)]
+
+
+class Recorder(L.LightningModule):
+    """Logs through ``PretextTask.log_train``: a known value per step, batches of unequal size."""
+
+    log_train = PretextTask.log_train
+    on_train_epoch_end = PretextTask.on_train_epoch_end
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.layer = nn.Linear(1, 1)
+        self._epoch_sums = {}
+        self.sent: list[tuple[float, int]] = []
+
+    def training_step(self, batch, batch_idx):
+        value = torch.tensor(float(batch_idx + 10 * self.current_epoch))
+        self.sent.append((value.item(), len(batch[0])))
+        self.log_train({"value": value}, len(batch[0]))
+        return self.layer(batch[0]).sum()
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.0)
+
+
+def test_log_train_writes_steps_on_log_steps_and_the_epochs_image_weighted_mean(tmp_path):
+    model = Recorder()
+    data = DataLoader(TensorDataset(torch.randn(11, 1)), batch_size=4)  # batches of 4, 4, 3
+    trainer = L.Trainer(
+        max_epochs=2,
+        accelerator="cpu",
+        log_every_n_steps=2,
+        logger=CSVLogger(tmp_path, name="", version="csv"),
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    trainer.fit(model, data)
+    rows = list(csv.DictReader((tmp_path / "csv" / "metrics.csv").open()))
+    steps = [(int(r["step"]), float(r["train/value_step"])) for r in rows if r.get("train/value_step")]
+    assert steps == [(1, 1.0), (3, 10.0), (5, 12.0)]  # the values of batches 2, 4, 6 only
+    epochs = [float(r["train/value_epoch"]) for r in rows if r.get("train/value_epoch")]
+    for epoch, logged in enumerate(epochs):
+        sent = model.sent[3 * epoch : 3 * epoch + 3]
+        assert logged == pytest.approx(sum(v * n for v, n in sent) / sum(n for _, n in sent))
+    assert len(epochs) == 2

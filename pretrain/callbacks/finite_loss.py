@@ -20,13 +20,13 @@ class NonFiniteLossError(RuntimeError):
 class FiniteLossGuard(L.Callback):
     """Watches the loss each training step returns, without a host sync per step.
 
-    Each step folds ``isfinite(loss)`` into a scalar on the loss's device (the first bad
-    step and its value); the host reads it every ``every_n_steps`` batches, before every
-    checkpoint is written and at the end of training. So the run stops at most
-    ``every_n_steps`` steps after the loss went bad, never writes a checkpoint or an encoder
-    from after that point, and the last checkpoint it kept is from before it. The steps in
-    between are wasted, which is the price of not stalling the device every step
-    (Lightning's ``detect_anomaly`` checks every operation and is far slower).
+    Each step copies its loss into a small buffer on the loss's device (one operation); the
+    host reads the buffer every ``every_n_steps`` batches, before every checkpoint is written
+    and at the end of training. So the run stops at most ``every_n_steps`` steps after the
+    loss went bad, never writes a checkpoint or an encoder from after that point, and the last
+    checkpoint it kept is from before it. The steps in between are wasted, which is the price
+    of not stalling the device every step (Lightning's ``detect_anomaly`` checks every
+    operation and is far slower).
 
     A task under manual optimization must return its loss (or a dict with ``loss``) from
     ``training_step`` to be watched.
@@ -36,35 +36,25 @@ class FiniteLossGuard(L.Callback):
         if every_n_steps < 1:
             raise ValueError(f"every_n_steps must be >= 1, not {every_n_steps}")
         self.every_n_steps = every_n_steps
-        self._reset()
-
-    def _reset(self) -> None:
-        self._batches = 0
-        self._step: Tensor | None = None  # first step whose loss was not finite, -1: none yet
-        self._epoch: Tensor | None = None
-        self._value: Tensor | None = None
+        self._losses: Tensor | None = None
+        self._seen: list[tuple[int, int]] = []  # (step, epoch) of each buffered loss
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._reset()
+        self._losses, self._seen = None, []
 
     def on_train_batch_end(
         self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
         loss = outputs.get("loss") if isinstance(outputs, Mapping) else outputs
         if isinstance(loss, Tensor):
-            loss = loss.detach().float()
-            if self._step is None:
-                self._step = torch.full((), -1, dtype=torch.long, device=loss.device)
-                self._epoch = torch.full((), -1, dtype=torch.long, device=loss.device)
-                self._value = torch.zeros((), device=loss.device)
-            first = ~torch.isfinite(loss).all() & (self._step < 0)
+            if self._losses is None or self._losses.device != loss.device:
+                self._losses = torch.zeros(self.every_n_steps, device=loss.device)
+            # A NaN or inf anywhere in a non-scalar loss makes its sum NaN or inf too.
+            self._losses[len(self._seen)] = loss.detach().sum()
             # The step as the loggers count it (Lightning's own counter; global_step counts optimizer steps).
             step = getattr(trainer.fit_loop.epoch_loop, "_batches_that_stepped", trainer.global_step)
-            self._step = torch.where(first, step, self._step)
-            self._epoch = torch.where(first, trainer.current_epoch, self._epoch)
-            self._value = torch.where(first, loss.sum(), self._value)
-        self._batches += 1
-        if self._batches % self.every_n_steps == 0:
+            self._seen.append((step, trainer.current_epoch))
+        if len(self._seen) == self.every_n_steps:
             self.check(trainer)
 
     def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:
@@ -76,13 +66,16 @@ class FiniteLossGuard(L.Callback):
     def check(self, trainer: L.Trainer) -> None:
         """Raise ``NonFiniteLossError`` if a loss so far was NaN or infinite (one host sync; under
         DDP one all-reduce too, so that every process stops at the same step)."""
-        if self._step is None:
+        if self._losses is None:
             return
-        first = trainer.strategy.reduce(torch.stack([self._step, self._epoch]), reduce_op="max")
-        step, epoch = (int(v) for v in first.tolist())
+        seen, self._seen = self._seen, []
+        bad = (~torch.isfinite(self._losses[: len(seen)])).nonzero()
+        index = int(bad[0]) if len(bad) else -1
+        local = torch.tensor(seen[index] if index >= 0 else (-1, -1), device=self._losses.device)
+        step, epoch = (int(v) for v in trainer.strategy.reduce(local, reduce_op="max").tolist())
         if step < 0:
             return
-        value = float(self._value) if int(self._step) >= 0 else "nan or inf (on another process)"
+        value = float(self._losses[index]) if index >= 0 else "nan or inf (on another process)"
         kept = next((c for c in trainer.callbacks if isinstance(c, LastCheckpoint)), None)
         if kept is not None and kept.last_model_path and Path(kept.last_model_path).is_file():
             saved = getattr(kept, "_last_global_step_saved", 0)  # 0: not saved by this process (resumed)

@@ -14,10 +14,13 @@ class LastCheckpoint(ModelCheckpoint):
     """Keeps ``last.ckpt`` in ``dirpath`` current, and writes no other checkpoint.
 
     It is written every ``every_n_train_steps`` training steps (mid-epoch: the data order and
-    random state are in it, so a resumed run continues exactly), at the end of every epoch,
-    at the end of training, and when the process receives SIGTERM (what SLURM sends before a
-    time limit or a pre-emption): Lightning (2.6) then finishes the current batch and stops
-    the run with ``SIGTERMException``; this saves the state at that batch before it exits.
+    random state are in it, so a resumed run continues exactly), at the end of the last epoch,
+    and when the process receives SIGTERM (what SLURM sends before a time limit or a
+    pre-emption): Lightning (2.6) then finishes the current batch and stops the run with
+    ``SIGTERMException``; this saves the state at that batch before it exits. Without a step
+    interval it is written at the end of every epoch instead. Not at every epoch end with
+    one: a fine-tuning epoch of a few hundred images takes less time than writing the
+    checkpoint (scripts/bench.py).
 
     Plain ``ModelCheckpoint(save_top_k=0, save_last=True)`` refreshes ``last.ckpt`` at an
     epoch end only when it also saved a top-k checkpoint there, that is never; and it would
@@ -35,7 +38,9 @@ class LastCheckpoint(ModelCheckpoint):
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         super().on_train_epoch_end(trainer, pl_module)
-        self._save_last(trainer)
+        last_epoch = trainer.should_stop or trainer.current_epoch + 1 == trainer.max_epochs
+        if self._every_n_train_steps < 1 or last_epoch:
+            self._save_last(trainer)
 
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
         if isinstance(exception, SIGTERMException) and self._save_last(trainer) and trainer.is_global_zero:

@@ -163,6 +163,9 @@ class Autoencoder(PretextTask):
             self.train(True)  # the stage may have moved on: put the newly frozen block in inference mode
 
     def on_train_epoch_end(self) -> None:
+        super().on_train_epoch_end()
+        if self.greedy:
+            self.log("train/stage", float(self.stage), on_step=False, on_epoch=True)
         # With explicit stage_epochs, stop once every stage has had them (without, the last stage takes the rest).
         if self.stage_epochs is not None and self.current_epoch + 1 >= len(self.encoder) * self.stage_epochs:
             self.trainer.should_stop = True
@@ -186,19 +189,18 @@ class Autoencoder(PretextTask):
 
     # --- steps ---------------------------------------------------------------------------------
 
-    def _step(self, batch: tuple[Tensor, Tensor], stage: str) -> Tensor:
-        images, _ = batch
+    def task_loss(self, images: Tensor) -> Tensor:
+        """The loss on a batch: the current stage's under greedy training, the whole stack's otherwise."""
         if self.greedy:
-            loss = self.stage_loss(images)
-            if stage == "train":
-                self.log("train/stage", float(self.stage), on_step=False, on_epoch=True)
-        else:
-            loss = reconstruction_loss(self(images), images, self.loss, self.data_info)
-        self.log(f"{stage}/loss", loss, on_step=stage == "train", on_epoch=True, prog_bar=stage == "val")
-        return loss
+            return self.stage_loss(images)
+        return reconstruction_loss(self(images), images, self.loss, self.data_info)
 
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
-        return self._step(batch, "train")
+        loss = self.task_loss(batch[0])
+        self.log_train({"loss": loss}, len(batch[0]))
+        return loss
 
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
-        return self._step(batch, "val")
+        loss = self.task_loss(batch[0])
+        self.log("val/loss", loss, on_epoch=True, prog_bar=True)
+        return loss

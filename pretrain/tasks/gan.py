@@ -203,16 +203,15 @@ class GAN(PretextTask):
         self._step_optimizer(opt_d, loss_d)
         loss_g = self.generator_loss(self.discriminate(fake))
         self._step_optimizer(opt_g, loss_g)
-        self.log_dict(
+        self.log_train(
             {
-                "train/loss": loss_d,
-                "train/loss_d": loss_d,
-                "train/loss_g": loss_g,
-                "train/d_real": torch.sigmoid(real_logits).mean(),
-                "train/d_fake": torch.sigmoid(fake_logits).mean(),
+                "loss": loss_d,
+                "loss_d": loss_d,
+                "loss_g": loss_g,
+                "d_real": torch.sigmoid(real_logits).mean(),
+                "d_fake": torch.sigmoid(fake_logits).mean(),
             },
-            on_step=True,
-            on_epoch=True,
+            len(real),
         )
 
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
@@ -231,6 +230,7 @@ class GAN(PretextTask):
         )
 
     def on_train_epoch_end(self) -> None:
+        super().on_train_epoch_end()
         was_training = self.training
         self.eval()
         with torch.no_grad():

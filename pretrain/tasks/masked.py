@@ -115,7 +115,7 @@ class MaskedPrediction(PretextTask):
         if self._preview is None:
             self._preview = images[:PREVIEW_IMAGES].detach().clone()
         loss = self.task_loss(images)
-        self.log("train/loss", loss, on_step=True, on_epoch=True)
+        self.log_train({"loss": loss}, len(images))
         return loss
 
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
@@ -138,6 +138,7 @@ class MaskedPrediction(PretextTask):
         return masked, unpatchify(filled, self.patch_size, images.shape[2:])
 
     def on_train_epoch_end(self) -> None:
+        super().on_train_epoch_end()
         if self._preview is None:
             return
         was_training = self.training

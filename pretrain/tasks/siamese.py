@@ -19,7 +19,8 @@ from torchmetrics.classification import BinaryAccuracy
 
 from pretrain.data import DataInfo
 from pretrain.encoders import Encoder, GlobalPool, feature_dim
-from pretrain.tasks.base import OptimizerFactory, PretextTask
+from pretrain.tasks.base import OptimizerFactory
+from pretrain.tasks.classifying import ClassifyingTask
 
 
 def contrastive_loss(a: Tensor, b: Tensor, same: Tensor, margin: float) -> Tensor:
@@ -30,7 +31,7 @@ def contrastive_loss(a: Tensor, b: Tensor, same: Tensor, margin: float) -> Tenso
     return (same * distance.pow(2) + (1 - same) * F.relu(margin - distance).pow(2)).mean()
 
 
-class Siamese(PretextTask):
+class Siamese(ClassifyingTask):
     name = "siamese"
     batches = "pairs"
 
@@ -43,7 +44,7 @@ class Siamese(PretextTask):
         contrastive_weight: float = 0.0,
         margin: float = 1.0,
     ) -> None:
-        super().__init__(encoder, optimizer, data)
+        super().__init__(encoder, optimizer, data, BinaryAccuracy)
         width = feature_dim(encoder.block_shapes()[-1])
         self.pool = GlobalPool()
         self.head = (
@@ -52,7 +53,6 @@ class Siamese(PretextTask):
             else nn.Linear(2 * width, 1)
         )
         self.contrastive_weight, self.margin = contrastive_weight, margin
-        self.accuracy = nn.ModuleDict({f"{s}_acc": BinaryAccuracy() for s in ("train", "val", "test")})
 
     def embed(self, images: Tensor) -> Tensor:
         return self.pool(self.encoder(images))
@@ -71,7 +71,7 @@ class Siamese(PretextTask):
                 stacklevel=1,
             )
 
-    def _step(self, batch: tuple[Tensor, Tensor], stage: str) -> Tensor:
+    def step(self, batch: tuple[Tensor, Tensor], stage: str) -> tuple[Tensor, Tensor, Tensor, int]:
         images, same = batch
         if images.shape[0] != 2 * same.shape[0]:
             raise ValueError(
@@ -81,19 +81,4 @@ class Siamese(PretextTask):
         loss = F.binary_cross_entropy_with_logits(logits, same.to(logits.dtype))
         if self.contrastive_weight:
             loss = loss + self.contrastive_weight * contrastive_loss(a, b, same, self.margin)
-        accuracy = self.accuracy[f"{stage}_acc"]
-        accuracy(logits, same)
-        train = stage == "train"
-        pairs = len(same)
-        self.log(f"{stage}/loss", loss, on_step=train, on_epoch=True, sync_dist=not train, batch_size=pairs)
-        self.log(f"{stage}/acc", accuracy, on_step=False, on_epoch=True, prog_bar=not train, batch_size=pairs)
-        return loss
-
-    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
-        return self._step(batch, "train")
-
-    def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
-        return self._step(batch, "val")
-
-    def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
-        return self._step(batch, "test")
+        return loss, (logits > 0).long(), same.long(), len(same)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import lightning as L
-from lightning.pytorch.utilities import grad_norm
+from torch.nn.utils import get_total_norm
 from torch.optim import Optimizer
 
 
@@ -12,8 +12,8 @@ class GradNormMonitor(L.Callback):
 
     It is measured after backward (and after mixed precision's unscaling) and before the
     clipping of ``trainer.gradient_clip_val``, so it shows the size clipping would act on.
-    Computing it reads every gradient's norm back to the host, so it runs only on the steps
-    the loggers write (every ``log_every_n_steps``), not on every step. A task with several
+    It is computed on the gradients' device (Lightning's ``grad_norm`` reads each parameter's
+    norm back to the host), and only on the steps the loggers write (every ``log_every_n_steps``). A task with several
     optimizers (a GAN) gets one curve per optimizer: ``train/grad_norm/optimizer_<i>``.
     """
 
@@ -21,10 +21,10 @@ class GradNormMonitor(L.Callback):
         # The same test as Lightning's own monitors (LearningRateMonitor, DeviceStatsMonitor).
         if not trainer._logger_connector.should_update_logs:
             return
-        norms = grad_norm(pl_module, norm_type=2)
-        if not norms:  # no parameter has a gradient (everything frozen)
+        grads = [p.grad for p in pl_module.parameters() if p.grad is not None]
+        if not grads:  # no parameter has a gradient (everything frozen)
             return
         name = "train/grad_norm"
         if len(trainer.optimizers) > 1:
             name += f"/optimizer_{trainer.optimizers.index(optimizer)}"
-        pl_module.log(name, norms["grad_2.0_norm_total"], on_step=True, on_epoch=False)
+        pl_module.log(name, get_total_norm(grads, norm_type=2.0), on_step=True, on_epoch=False)

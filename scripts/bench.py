@@ -1,0 +1,79 @@
+"""How fast the pipeline is, measured side by side with a baseline in the same run, printed as a table
+(measured, baseline, ratio; medians over repeats):
+
+    PRETEXT_DATA=../shared/data python scripts/bench.py [--sections 1,2,3,4,5] [--repeats 3]
+
+1. the data path against torchvision's DataLoader (scripts/bench_data.py);
+2. training overhead of each task and of fine-tuning against a plain PyTorch loop (bench_overhead.py);
+3. start-up of a fine-tuning run from the command line, and a 10-run sweep (bench_startup.py);
+4. scaling with batch size and data size, and memory (bench_scaling.py);
+5. the seed's whole study, scripts/fashion_study.sh (bench_study.py).
+
+``--gpu`` measures section 2 on a GPU (bf16-mixed, ResNet-18, batch 512). ``--tiny`` runs every
+section on a few batches: it checks that the benchmark works and measures nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+import bench_data
+import bench_overhead
+import bench_scaling
+import bench_startup
+import bench_study
+from bench_common import data_root, save, table, workdir
+
+SECTIONS = {1: bench_data, 2: bench_overhead, 3: bench_startup, 4: bench_scaling, 5: bench_study}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sections", default="1,2,3,4,5", help="which sections, e.g. 2,3 (default: all)")
+    parser.add_argument("--repeats", type=int, default=3, help="medians over this many repeats (default 3)")
+    parser.add_argument("--study-repeats", type=int, default=1, help="repeats of section 5, ~4 min each (default 1)")
+    parser.add_argument("--gpu", action="store_true", help="section 2 on the GPU: bf16-mixed, resnet18, batch 512")
+    parser.add_argument("--tiny", action="store_true", help="tiny sizes: checks that the script runs, measures nothing")
+    parser.add_argument("--json", help="also write the figures to this file")
+    parser.add_argument("--workdir", help="run folders go here (default: a temporary folder, removed)")
+    args = parser.parse_args()
+    try:
+        sections = [int(s) for s in args.sections.split(",")]
+        unknown = set(sections) - set(SECTIONS)
+    except ValueError:
+        unknown = {args.sections}
+    if unknown:
+        parser.error(f"--sections takes numbers from {sorted(SECTIONS)}, not {sorted(unknown)}")
+    if args.gpu and sections != [2]:
+        parser.error("--gpu measures section 2 only: add --sections 2")
+    data_root()
+    args.log = lambda line: print(line, file=sys.stderr, flush=True)
+    print(
+        f"# pretext benchmark: {os.cpu_count()} CPU cores, torch threads {torch_threads()}, repeats {args.repeats}"
+        + (", tiny sizes (measures nothing)" if args.tiny else ""),
+        flush=True,
+    )
+    figures = []
+    with workdir(args) as root:
+        for number in sections:
+            start = time.perf_counter()
+            args.log(f"section {number}: {SECTIONS[number].__doc__.splitlines()[0]}")
+            (root / f"section{number}").mkdir(parents=True, exist_ok=True)
+            figures += SECTIONS[number].figures(args, root / f"section{number}")
+            args.log(f"section {number} took {time.perf_counter() - start:.0f} s")
+    print(table(figures), flush=True)
+    if args.json:
+        save(figures, args.json)
+
+
+def torch_threads() -> int:
+    import torch
+
+    return torch.get_num_threads()
+
+
+if __name__ == "__main__":
+    main()

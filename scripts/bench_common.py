@@ -1,0 +1,252 @@
+"""What the benchmark scripts share: figures and their table, repeats, the commands run in-process,
+the plain PyTorch loop the pipeline is compared with, and resident-memory readings."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import logging
+import os
+import statistics
+import sys
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:  # `python scripts/bench_x.py` from anywhere imports this checkout's packages
+    sys.path.insert(0, str(REPO))
+
+
+@dataclass
+class Figure:
+    """One line of the table: a measured value against its baseline, each the median of its repeats.
+
+    ``target`` is ``(what, op, value)``: ``what`` is ``ratio`` or ``measured``, ``op`` is ``>=`` or ``<=``.
+    """
+
+    section: str
+    name: str
+    unit: str
+    measured: list[float]
+    baseline: list[float] | None = None
+    baseline_name: str = ""
+    target: tuple[str, str, float] | None = None
+    note: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def m(self) -> float:
+        return statistics.median(self.measured)
+
+    @property
+    def b(self) -> float | None:
+        return statistics.median(self.baseline) if self.baseline else None
+
+    @property
+    def ratio(self) -> float | None:
+        return self.m / self.b if self.b else None
+
+    @property
+    def met(self) -> bool | None:
+        if self.target is None:
+            return None
+        what, op, value = self.target
+        x = self.ratio if what == "ratio" else self.m
+        if x is None:
+            return None
+        return x >= value if op == ">=" else x <= value
+
+
+def fmt(value: float | None, unit: str) -> str:
+    if value is None:
+        return ""
+    if unit == "img/s":
+        return f"{value:,.0f} img/s"
+    if unit == "s":
+        return f"{value:.3g} s" if value < 10 else f"{value:,.1f} s"
+    if unit == "ms":
+        return f"{value:.3g} ms"
+    if unit == "MB":
+        return f"{value:,.0f} MB"
+    return f"{value:.3g} {unit}".strip()
+
+
+def target_text(target: tuple[str, str, float] | None, unit: str) -> str:
+    if target is None:
+        return ""
+    what, op, value = target
+    op = {">=": "≥", "<=": "≤"}[op]
+    return f"ratio {op} {value:g}" if what == "ratio" else f"{op} {fmt(value, unit)}"
+
+
+def table(figures: Sequence[Figure]) -> str:
+    """The figures as a Markdown table: measured / baseline, ratio, target and whether it is met."""
+    lines = [
+        "| # | figure | measured | baseline | ratio | target | met |",
+        "| --- | --- | ---: | --- | ---: | --- | --- |",
+    ]
+    for f in figures:
+        baseline = f"{fmt(f.b, f.unit)} ({f.baseline_name})" if f.b is not None else f.baseline_name
+        ratio = f"{f.ratio:.3g}" if f.ratio is not None else ""
+        met = {True: "yes", False: "**no**", None: ""}[f.met]
+        name = f"{f.name} ({f.note})" if f.note else f.name
+        lines.append(
+            f"| {f.section} | {name} | {fmt(f.m, f.unit)} | {baseline} | {ratio} | {target_text(f.target, f.unit)} | "
+            f"{met} |"
+        )
+    return "\n".join(lines)
+
+
+def save(figures: Sequence[Figure], path: str | os.PathLike) -> None:
+    Path(path).write_text(json.dumps([asdict(f) for f in figures], indent=1) + "\n")
+
+
+@contextlib.contextmanager
+def workdir(args: argparse.Namespace) -> Iterator[Path]:
+    import tempfile
+
+    if args.workdir:
+        Path(args.workdir).mkdir(parents=True, exist_ok=True)
+        yield Path(args.workdir)
+    else:
+        with tempfile.TemporaryDirectory(prefix="pretext-bench-") as d:
+            yield Path(d)
+
+
+def data_root() -> str:
+    root = os.environ.get("PRETEXT_DATA")
+    if not root or not (Path(root) / "FashionMNIST" / "raw").is_dir():
+        sys.exit("the benchmark needs Fashion-MNIST: set PRETEXT_DATA to a folder holding FashionMNIST/raw")
+    return root
+
+
+# --- commands run in this process ------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def quiet() -> Iterator[None]:
+    """Send stdout and stderr (progress bars included) to /dev/null, as a terminal would take them,
+    and keep Lightning's notes (its log handlers hold the real stderr) to warnings."""
+    loggers = [logging.getLogger(name) for name in ("lightning.pytorch", "lightning.fabric")]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.WARNING)
+    try:
+        with (
+            open(os.devnull, "w") as null,
+            contextlib.redirect_stdout(null),
+            contextlib.redirect_stderr(null),
+        ):
+            yield
+    finally:
+        for logger, level in zip(loggers, levels, strict=True):
+            logger.setLevel(level)
+
+
+def hydra_command(main: Callable[[], None], argv: Sequence[str]) -> float:
+    """Run ``python -m pretrain|finetune ARGV`` in this process (its ``@hydra.main`` function); wall seconds."""
+    from hydra.core.global_hydra import GlobalHydra
+
+    root = logging.getLogger()
+    handlers, level, saved_argv = root.handlers[:], root.level, sys.argv
+    sys.argv = ["bench", *argv]
+    GlobalHydra.instance().clear()
+    start = time.perf_counter()
+    try:
+        with quiet():
+            main()
+    except SystemExit as exit:
+        if exit.code:
+            raise RuntimeError(f"{' '.join(argv)} exited with status {exit.code}") from None
+    finally:
+        elapsed = time.perf_counter() - start
+        GlobalHydra.instance().clear()
+        sys.argv = saved_argv
+        root.handlers[:], root.level = handlers, level
+    return elapsed
+
+
+def per_unit(short: float, long: float, units: float) -> float:
+    """Units per second from the wall times of a short and a long run: the start-up cancels."""
+    return units / (long - short)
+
+
+# --- the plain PyTorch loop --------------------------------------------------------------------
+
+
+def plain_fit(
+    loss_fn: Callable[[Any, Any], Any],
+    optimizer: Any,
+    images: Any,
+    labels: Any,
+    batch_size: int,
+    epochs: int,
+    mean: Sequence[float],
+    std: Sequence[float],
+    seed: int = 0,
+    device: str = "cpu",
+) -> float:
+    """Train by hand: per epoch a random permutation, per batch an index into the uint8 images,
+    a copy to ``device``, normalization, loss, backward, step; on a GPU under bf16 autocast, as
+    ``trainer=gpu`` runs. Nothing else. Returns wall seconds (after the device has finished)."""
+    import torch
+
+    scale = torch.tensor([1 / (255 * s) for s in std], device=device).view(1, -1, 1, 1)
+    shift = torch.tensor([m / s for m, s in zip(mean, std, strict=True)], device=device).view(1, -1, 1, 1)
+    autocast = torch.autocast("cuda", torch.bfloat16, enabled=device != "cpu")
+    generator = torch.Generator().manual_seed(seed)
+    n = len(labels)
+    start = time.perf_counter()
+    for _ in range(epochs):
+        order = torch.randperm(n, generator=generator)
+        for first in range(0, n, batch_size):
+            index = order[first : first + batch_size]
+            if len(index) == 1:
+                break  # as the pipeline: a batch of one breaks batch norm
+            x = images[index].to(device, non_blocking=True).float().mul_(scale).sub_(shift)
+            with autocast:
+                loss = loss_fn(x, labels[index].to(device, non_blocking=True))
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+    if device != "cpu":
+        torch.cuda.synchronize()
+    return time.perf_counter() - start
+
+
+# --- memory ------------------------------------------------------------------------------------
+
+
+def rss_mb() -> float:
+    """Resident memory of this process now, MB."""
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def run_child(argv: Sequence[str], env: dict[str, str] | None = None, cwd: str | os.PathLike | None = None) -> dict:
+    """Run a command to its end; its wall seconds and its peak resident memory (MB)."""
+    import subprocess
+
+    start = time.perf_counter()
+    with open(os.devnull, "w") as null:
+        child = subprocess.Popen(list(argv), stdout=null, stderr=subprocess.PIPE, env=env, cwd=cwd)
+        stderr = child.stderr.read()
+        _, status, usage = os.wait4(child.pid, 0)
+    wall = time.perf_counter() - start
+    child.returncode = os.waitstatus_to_exitcode(status)
+    if child.returncode != 0:
+        tail = stderr.decode(errors="replace")[-3000:]
+        raise RuntimeError(f"{' '.join(map(str, argv))} exited with status {child.returncode}:\n{tail}")
+    return {"wall": wall, "peak_rss_mb": usage.ru_maxrss / 1024}
+
+
+def child_env(**extra: str) -> dict[str, str]:
+    """The environment of a child command: this checkout first on PYTHONPATH."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO), *filter(None, [env.get("PYTHONPATH")])])
+    env.update(extra)
+    return env

@@ -1,0 +1,304 @@
+"""Section 2, training overhead: steady-state training images/s of the pipeline as a user runs it,
+against a plain PyTorch loop that trains the same model on the same tensors, in the same process.
+
+The pipeline is ``python -m pretrain`` / ``python -m finetune`` called in this process (its Hydra main,
+with Lightning, TensorBoard and CSV logging, the progress bar, checkpoints, the NaN guard and the
+gradient-norm monitor all on, as configured by default). Its steady-state rate is taken from the wall
+times of two whole runs that differ only in their epoch count, so start-up and the first epoch cancel.
+The plain loop (``bench_common.plain_fit``) and a bare Lightning Trainer (no loggers, callbacks or
+progress bar: what Lightning itself costs) are timed the same way, interleaved with the pipeline's runs.
+
+Validation is off in all three (``data.val_size=0``): the figure is the training rate; the plain loop
+would otherwise need the same validation work. Fine-tuning is the study's from-scratch run
+(``experiment=fashion_transfer encoder=none``: 200 images, batch 32, 7 steps an epoch). With ``--gpu``:
+``trainer=gpu`` (bf16-mixed), the ResNet-18 backbone, batch 512, and all 12,000 sandal and shirt
+training images for fine-tuning.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from bench_common import REPO, Figure, hydra_command, per_unit, plain_fit, quiet
+
+KINDS = ("supervised", "autoencoder", "masked", "finetune")
+GPU_KINDS = ("supervised", "finetune")
+GPU = ["trainer=gpu", "backbone=resnet18", "data.batch_size=512"]
+
+
+def overrides(kind: str, batch_size: int | None = None, budget: int | None = None, gpu: bool = False) -> list[str]:
+    """The command-line overrides of a run of ``kind`` (without epochs and run folder)."""
+    if kind == "finetune":
+        argv = ["experiment=fashion_transfer", "encoder=none", "seed=0"]
+    else:
+        argv = ["data=fashion_mnist", f"task={kind}", "data.val_size=0"]
+        if kind == "masked":
+            argv.append("backbone=vit")  # the encoder family masked prediction is designed for
+    if gpu:
+        argv += [*GPU, *(["data.label_budget=null"] if kind == "finetune" else [])]
+    if batch_size is not None:
+        argv.append(f"data.batch_size={batch_size}")
+    if budget is not None:
+        argv.append(f"data.label_budget={budget}")
+    return argv
+
+
+def compose(kind: str, argv: list[str]):
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        return hydra_compose(config_name="finetune" if kind == "finetune" else "pretrain", overrides=argv)
+
+
+def build(kind: str, argv: list[str]) -> dict[str, Any]:
+    """The model, optimizer, loss and training tensors that the pipeline's run builds from ``argv``,
+    the model on the device the run's trainer uses."""
+    import lightning as L
+    import torch.nn.functional as F
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+
+    from finetune.classifier import Classifier
+    from pretrain.encoders import build_encoder
+    from pretrain.tasks.autoencoder import reconstruction_loss
+
+    cfg = compose(kind, argv)
+    L.seed_everything(cfg.seed, verbose=False)
+    backbone = OmegaConf.to_container(cfg.backbone, resolve=True)
+    if kind == "finetune":
+        data = instantiate(cfg.data)
+        data.setup("fit")
+        model = Classifier(
+            build_encoder(input_shape=data.info.input_shape, **backbone),
+            instantiate(cfg.optimizer),
+            data.info,
+            dropout=cfg.head.dropout,
+        )
+    else:
+        make_task = instantiate(cfg.task, _partial_=True)
+        data = instantiate(cfg.data, batches=make_task.func.batches)
+        data.setup("fit")
+        encoder = build_encoder(input_shape=data.info.input_shape, **backbone)
+        model = make_task(encoder=encoder, optimizer=instantiate(cfg.optimizer), data=data.info)
+    if kind in ("supervised", "finetune"):
+
+        def loss(x, y):
+            return F.cross_entropy(model(x), y)
+    elif kind == "autoencoder":
+
+        def loss(x, y):
+            return reconstruction_loss(model(x), x, model.loss, model.data_info)
+    elif kind == "masked":
+
+        def loss(x, y):
+            return model.task_loss(x)
+    else:
+        raise ValueError(f"no plain loop for {kind}")
+    device = "cuda" if cfg.trainer.accelerator in ("gpu", "cuda") else "cpu"
+    model.to(device).train()
+    return {
+        "model": model,
+        "loss": loss,
+        "images": data.train_set.images,
+        "labels": data.train_set.labels,
+        "batch_size": data.batch_size,
+        "mean": data.info.mean,
+        "std": data.info.std,
+        "seed": cfg.seed,
+        "device": device,
+        "precision": "bf16-mixed" if device == "cuda" else "32-true",
+    }
+
+
+def pipeline_seconds(kind: str, argv: list[str], epochs: int, run_dir: Path) -> float:
+    import finetune.__main__ as finetune_main
+    import pretrain.__main__ as pretrain_main
+
+    main = finetune_main.main if kind == "finetune" else pretrain_main.main
+    return hydra_command(main, [*argv, f"trainer.max_epochs={epochs}", f"hydra.run.dir={run_dir}"])
+
+
+def plain_seconds(kind: str, argv: list[str], epochs: int) -> float:
+    b = build(kind, argv)
+    optimizer = b["model"].configure_optimizers()
+    return plain_fit(
+        b["loss"],
+        optimizer,
+        b["images"],
+        b["labels"],
+        b["batch_size"],
+        epochs,
+        b["mean"],
+        b["std"],
+        b["seed"],
+        b["device"],
+    )
+
+
+def bare_lightning_seconds(kind: str, argv: list[str], epochs: int) -> float:
+    """The same model and loss under a Trainer with nothing added: no loggers, callbacks, progress bar,
+    checkpoints or model summary; deterministic on CPU, as the pipeline's trainer."""
+    import lightning as L
+    import torch
+
+    from pretrain.data import EpochPermutation, TensorBatches
+
+    b = build(kind, argv)
+    scale = [1 / (255 * s) for s in b["std"]]
+    shift = [m / s for m, s in zip(b["mean"], b["std"], strict=True)]
+
+    class Bare(L.LightningModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.task = b["model"]
+            self.register_buffer("scale", torch.tensor(scale).view(1, -1, 1, 1))
+            self.register_buffer("shift", torch.tensor(shift).view(1, -1, 1, 1))
+
+        def training_step(self, batch, batch_idx):
+            images, labels = batch
+            return b["loss"](images.float().mul_(self.scale).sub_(self.shift), labels)
+
+        def configure_optimizers(self):
+            return self.task.configure_optimizers()
+
+    order = EpochPermutation(len(b["labels"]), True, b["seed"])
+    loader = TensorBatches(b["images"], b["labels"], b["batch_size"], order)
+    with quiet():  # Lightning prints what it found at construction
+        trainer = L.Trainer(
+            max_epochs=epochs,
+            accelerator="gpu" if b["device"] == "cuda" else "cpu",
+            devices=1,
+            precision=b["precision"],
+            deterministic=b["device"] == "cpu",
+            logger=False,
+            enable_checkpointing=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+        )
+    start = time.perf_counter()
+    with quiet():
+        trainer.fit(Bare(), loader)
+    return time.perf_counter() - start
+
+
+def checkpoint_write_ms(kind: str, argv: list[str], run_dir: Path, writes: int = 5) -> float:
+    """Milliseconds that training waits for one checkpoint written the way ``last.ckpt`` is (Lightning's
+    checkpoint of the whole training state: copied, then written atomically and synced to disk in a
+    background thread), measured at the end of a 1-epoch run."""
+    import lightning as L
+
+    import finetune.__main__ as finetune_main
+    import pretrain.__main__ as pretrain_main
+
+    module = finetune_main if kind == "finetune" else pretrain_main
+    times: list[float] = []
+
+    class Probe(L.Callback):
+        def on_train_end(self, trainer, pl_module) -> None:
+            for i in range(writes):
+                start = time.perf_counter()
+                trainer.save_checkpoint(run_dir / f"probe{i}.ckpt")
+                times.append(time.perf_counter() - start)
+
+    build_trainer = module.build_trainer
+    module.build_trainer = lambda cfg, d, cb=(), faults=None: build_trainer(cfg, d, [*cb, Probe()], faults=faults)
+    try:
+        pipeline_seconds(kind, argv, 1, run_dir)
+    finally:
+        module.build_trainer = build_trainer
+    return 1000 * sorted(times)[len(times) // 2]
+
+
+def measure(
+    kind: str,
+    argv: list[str],
+    epochs: tuple[int, int],
+    repeats: int,
+    root: Path,
+    log: Callable[[str], None],
+    warmup: bool = True,
+) -> dict[str, list[float]]:
+    """Steady-state images/s of the pipeline, the plain loop and bare Lightning, per repeat, interleaved
+    so that a slow spell of a shared machine hits all three alike."""
+    short, long = epochs
+    images = len(build(kind, argv)["labels"]) * (long - short)
+    if warmup:  # data decoded and cached, lazy imports done
+        pipeline_seconds(kind, argv, short, root / "warmup")
+        plain_seconds(kind, argv, short)
+    rates: dict[str, list[float]] = {"pipeline": [], "plain": [], "bare": []}
+    for r in range(repeats):
+        t = [pipeline_seconds(kind, argv, e, root / f"{kind}-{r}-{e}") for e in (short, long)]
+        rates["pipeline"].append(per_unit(*t, images))
+        t = [plain_seconds(kind, argv, e) for e in (short, long)]
+        rates["plain"].append(per_unit(*t, images))
+        t = [bare_lightning_seconds(kind, argv, e) for e in (short, long)]
+        rates["bare"].append(per_unit(*t, images))
+        log(f"  {kind} repeat {r}: " + ", ".join(f"{k} {v[-1]:,.0f} img/s" for k, v in rates.items()))
+    return rates
+
+
+def figures(args: argparse.Namespace, root: Path) -> list[Figure]:
+    kinds = GPU_KINDS if args.gpu else KINDS
+    result = []
+    for kind in kinds:
+        budget = None
+        if args.tiny:
+            budget = 64 if kind == "finetune" else 1024
+        elif kind == "masked" and not args.gpu:
+            budget = 6000  # a ViT on CPU: a tenth of the images keeps this section in minutes
+        argv = overrides(kind, budget=budget, gpu=args.gpu)
+        if args.tiny or (args.gpu and kind != "finetune"):
+            epochs = (1, 2)
+        elif kind == "finetune":
+            epochs = (2, 10) if args.gpu else (5, 25)  # 24 and 7 steps an epoch: enough of them to time
+        else:
+            epochs = (1, 3)
+        rates = measure(kind, argv, epochs, args.repeats, root, args.log, warmup=not args.tiny)
+        size = compose(kind, argv).data
+        note = f"batch {size.batch_size}, {len(build(kind, argv)['labels']):,} images"
+        if args.gpu:
+            note += ", GPU bf16-mixed, resnet18"
+        name = "fine-tuning" if kind == "finetune" else f"{kind} pretraining"
+        result.append(
+            Figure(
+                "2",
+                f"training, {name}",
+                "img/s",
+                rates["pipeline"],
+                rates["plain"],
+                "plain loop",
+                ("ratio", ">=", 0.95),
+                note,
+            )
+        )
+        result.append(
+            Figure(
+                "2",
+                f"bare Lightning, {name} (reference: Lightning alone)",
+                "img/s",
+                rates["bare"],
+                rates["plain"],
+                "plain loop",
+            )
+        )
+        if kind in ("supervised", "finetune") and not args.gpu:
+            write = [checkpoint_write_ms(kind, argv, root / f"ckpt-{kind}-{r}") for r in range(args.repeats)]
+            steps = [100 * 1000 * size.batch_size / rate for rate in rates["plain"]]
+            result.append(
+                Figure(
+                    "2",
+                    f"checkpoint, training's wait per write, {name} (ratio: its cost at one per 100 steps)",
+                    "ms",
+                    write,
+                    steps,
+                    "100 plain steps",
+                )
+            )
+    return result

@@ -1,0 +1,138 @@
+"""Section 4, scaling: supervised pretraining on Fashion-MNIST (the seed's MLP) through the pipeline,
+in this process: images/s per batch size against the plain loop at that size; epoch time at 10%, 50%
+and 100% of the training set against a straight line through the 100% point; resident memory across
+the epochs of one run; and the peak resident memory of a whole ``python -m pretrain`` run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import lightning as L
+from bench_common import Figure, child_env, hydra_command, per_unit, rss_mb, run_child
+from bench_overhead import build, overrides, pipeline_seconds, plain_seconds
+
+BATCH_SIZES = (32, 64, 128, 256, 512, 1024)
+SUBSET = 12_000  # images per epoch for the batch-size sweep: six sizes stay within minutes
+FRACTIONS = (0.1, 0.5, 1.0)
+
+
+class EpochMemory(L.Callback):
+    """Resident memory of this process at the end of every training epoch."""
+
+    def __init__(self) -> None:
+        self.mb: list[float] = []
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.mb.append(rss_mb())
+
+
+def memory_per_epoch(argv: list[str], epochs: int, run_dir: Path) -> list[float]:
+    import pretrain.__main__ as pretrain_main
+
+    probe = EpochMemory()
+    build_trainer = pretrain_main.build_trainer
+    pretrain_main.build_trainer = lambda c, d, cb=(), faults=None: build_trainer(c, d, [*cb, probe], faults=faults)
+    try:
+        hydra_command(pretrain_main.main, [*argv, f"trainer.max_epochs={epochs}", f"hydra.run.dir={run_dir}"])
+    finally:
+        pretrain_main.build_trainer = build_trainer
+    return probe.mb
+
+
+def figures(args: argparse.Namespace, root: Path) -> list[Figure]:
+    result = []
+    subset = 1024 if args.tiny else SUBSET
+    sizes = (32, 256) if args.tiny else BATCH_SIZES
+    for size in sizes:
+        argv = overrides("supervised", batch_size=size, budget=subset)
+        if not args.tiny:
+            pipeline_seconds("supervised", argv, 1, root / "warmup")
+        pipeline, plain = [], []
+        for r in range(args.repeats):
+            t = [pipeline_seconds("supervised", argv, e, root / f"batch{size}-{r}-{e}") for e in (1, 3)]
+            pipeline.append(per_unit(*t, 2 * subset))
+            plain.append(per_unit(*[plain_seconds("supervised", argv, e) for e in (1, 3)], 2 * subset))
+        args.log(f"  batch {size}: pipeline {pipeline}, plain {plain}")
+        result.append(
+            Figure(
+                "4", f"batch size {size}", "img/s", pipeline, plain, "plain loop", None, f"{subset:,} images an epoch"
+            )
+        )
+
+    full = len(build("supervised", overrides("supervised"))["labels"])
+    seconds: dict[float, list[float]] = {}
+    for fraction in (0.02, 0.04) if args.tiny else FRACTIONS:
+        images = round(fraction * full)
+        argv = overrides("supervised", budget=images)
+        seconds[fraction] = []
+        for r in range(args.repeats):
+            t = [pipeline_seconds("supervised", argv, e, root / f"frac{fraction}-{r}-{e}") for e in (1, 2)]
+            seconds[fraction].append(t[1] - t[0])
+    top = max(seconds)
+    for fraction, measured in seconds.items():
+        line = [fraction / top * s for s in seconds[top]]
+        result.append(
+            Figure(
+                "4",
+                f"epoch time at {fraction:.0%} of the training set",
+                "s",
+                measured,
+                line,
+                f"{fraction / top:.0%} of the {top:.0%} epoch",
+                ("ratio", "<=", 1.15),
+                f"{round(fraction * full):,} images",
+            )
+        )
+
+    epochs = 3 if args.tiny else 10
+    argv = overrides("supervised", budget=subset)
+    mb = memory_per_epoch(argv, epochs, root / "memory")
+    growth = (mb[-1] - mb[1]) / (len(mb) - 2)
+    result.append(
+        Figure(
+            "4",
+            f"resident memory after epoch {epochs}",
+            "MB",
+            [mb[-1]],
+            [mb[1]],
+            "after epoch 2",
+            ("ratio", "<=", 1.02),
+            f"{growth:+.2f} MB an epoch; in this process",
+        )
+    )
+
+    epochs = 1 if args.tiny else 2
+    budget = ["data.label_budget=1024"] if args.tiny else []
+    peak = [
+        run_child(
+            [
+                sys.executable,
+                "-m",
+                "pretrain",
+                "data=fashion_mnist",
+                "task=supervised",
+                *budget,
+                f"trainer.max_epochs={epochs}",
+                "trainer.enable_progress_bar=false",
+                f"hydra.run.dir={root / f'peak-{r}'}",
+            ],
+            env=child_env(),
+        )["peak_rss_mb"]
+        for r in range(args.repeats)
+    ]
+    result.append(
+        Figure(
+            "4",
+            "peak resident memory, python -m pretrain data=fashion_mnist",
+            "MB",
+            peak,
+            None,
+            "",
+            None,
+            "task=supervised, mlp",
+        )
+    )
+    return result
