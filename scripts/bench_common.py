@@ -16,6 +16,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import lightning as L
+
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # `python scripts/bench_x.py` from anywhere imports this checkout's packages
     sys.path.insert(0, str(REPO))
@@ -170,9 +172,37 @@ def hydra_command(main: Callable[[], None], argv: Sequence[str]) -> float:
     return elapsed
 
 
-def per_unit(short: float, long: float, units: float) -> float:
-    """Units per second from the wall times of a short and a long run: the start-up cancels."""
-    return units / (long - short)
+class EpochTimer(L.Callback):
+    """Records the wall time of every training epoch, from one epoch's start to the next one's (so
+    each includes the epoch-end work), the last one to the end of training."""
+
+    def __init__(self) -> None:
+        self.starts: list[float] = []
+        self.seconds: list[float] = []
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        now = clock(pl_module.device)
+        if self.starts:
+            self.seconds.append(now - self.starts[-1])
+        self.starts.append(now)
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.seconds.append(clock(pl_module.device) - self.starts[-1])
+
+
+def clock(device: Any) -> float:
+    """``time.perf_counter()`` once the device has finished its queued work."""
+    import torch
+
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter()
+
+
+def steady_rate(epoch_seconds: Sequence[float], images: int) -> float:
+    """Images per second in the steady state: the median epoch after the first (warm-up) one.
+    A median of epochs, not a mean over a run: on a shared machine a slow spell hits a few epochs."""
+    return images / statistics.median(epoch_seconds[1:])
 
 
 # --- the plain PyTorch loop --------------------------------------------------------------------
@@ -189,10 +219,10 @@ def plain_fit(
     std: Sequence[float],
     seed: int = 0,
     device: str = "cpu",
-) -> float:
+) -> list[float]:
     """Train by hand: per epoch a random permutation, per batch an index into the uint8 images,
     a copy to ``device``, normalization, loss, backward, step; on a GPU under bf16 autocast, as
-    ``trainer=gpu`` runs. Nothing else. Returns wall seconds (after the device has finished)."""
+    ``trainer=gpu`` runs. Nothing else. Returns each epoch's wall seconds."""
     import torch
 
     scale = torch.tensor([1 / (255 * s) for s in std], device=device).view(1, -1, 1, 1)
@@ -200,8 +230,9 @@ def plain_fit(
     autocast = torch.autocast("cuda", torch.bfloat16, enabled=device != "cpu")
     generator = torch.Generator().manual_seed(seed)
     n = len(labels)
-    start = time.perf_counter()
+    seconds = []
     for _ in range(epochs):
+        start = clock(device)
         order = torch.randperm(n, generator=generator)
         for first in range(0, n, batch_size):
             index = order[first : first + batch_size]
@@ -213,9 +244,8 @@ def plain_fit(
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-    if device != "cpu":
-        torch.cuda.synchronize()
-    return time.perf_counter() - start
+        seconds.append(clock(device) - start)
+    return seconds
 
 
 # --- memory ------------------------------------------------------------------------------------

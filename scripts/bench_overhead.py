@@ -3,10 +3,10 @@ against a plain PyTorch loop that trains the same model on the same tensors, in 
 
 The pipeline is ``python -m pretrain`` / ``python -m finetune`` called in this process (its Hydra main,
 with Lightning, TensorBoard and CSV logging, the progress bar, checkpoints, the NaN guard and the
-gradient-norm monitor all on, as configured by default). Its steady-state rate is taken from the wall
-times of two whole runs that differ only in their epoch count, so start-up and the first epoch cancel.
-The plain loop (``bench_common.plain_fit``) and a bare Lightning Trainer (no loggers, callbacks or
-progress bar: what Lightning itself costs) are timed the same way, interleaved with the pipeline's runs.
+gradient-norm monitor all on, as configured by default). Its steady-state rate is images over the
+median epoch time after the first epoch (``bench_common.steady_rate``). The plain loop
+(``bench_common.plain_fit``) and a bare Lightning Trainer (no loggers, callbacks or progress bar: what
+Lightning itself costs) are timed the same way, interleaved with the pipeline's runs.
 
 Validation is off in all three (``data.val_size=0``): the figure is the training rate; the plain loop
 would otherwise need the same validation work. Fine-tuning is the study's from-scratch run
@@ -18,12 +18,15 @@ training images for fine-tuning.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from bench_common import REPO, Figure, hydra_command, per_unit, plain_fit, quiet
+import lightning as L
+from bench_common import REPO, EpochTimer, Figure, hydra_command, plain_fit, quiet, steady_rate
 
 KINDS = ("supervised", "autoencoder", "masked", "finetune")
 GPU_KINDS = ("supervised", "finetune")
@@ -117,15 +120,34 @@ def build(kind: str, argv: list[str]) -> dict[str, Any]:
     }
 
 
-def pipeline_seconds(kind: str, argv: list[str], epochs: int, run_dir: Path) -> float:
+@contextlib.contextmanager
+def with_callback(kind: str, callback: L.Callback) -> Iterator[None]:
+    """Runs of ``kind`` get ``callback`` beside their own (the entry point's ``build_trainer``, patched)."""
+    import finetune.__main__ as finetune_main
+    import pretrain.__main__ as pretrain_main
+
+    module = finetune_main if kind == "finetune" else pretrain_main
+    build_trainer = module.build_trainer
+    module.build_trainer = lambda cfg, d, cb=(), faults=None: build_trainer(cfg, d, [*cb, callback], faults=faults)
+    try:
+        yield
+    finally:
+        module.build_trainer = build_trainer
+
+
+def pipeline_epochs(kind: str, argv: list[str], epochs: int, run_dir: Path) -> list[float]:
+    """Each epoch's wall seconds in ``python -m pretrain|finetune ARGV`` run in this process."""
     import finetune.__main__ as finetune_main
     import pretrain.__main__ as pretrain_main
 
     main = finetune_main.main if kind == "finetune" else pretrain_main.main
-    return hydra_command(main, [*argv, f"trainer.max_epochs={epochs}", f"hydra.run.dir={run_dir}"])
+    timer = EpochTimer()
+    with with_callback(kind, timer):
+        hydra_command(main, [*argv, f"trainer.max_epochs={epochs}", f"hydra.run.dir={run_dir}"])
+    return timer.seconds
 
 
-def plain_seconds(kind: str, argv: list[str], epochs: int) -> float:
+def plain_epochs(kind: str, argv: list[str], epochs: int) -> list[float]:
     b = build(kind, argv)
     optimizer = b["model"].configure_optimizers()
     return plain_fit(
@@ -142,7 +164,7 @@ def plain_seconds(kind: str, argv: list[str], epochs: int) -> float:
     )
 
 
-def bare_lightning_seconds(kind: str, argv: list[str], epochs: int) -> float:
+def bare_lightning_epochs(kind: str, argv: list[str], epochs: int) -> list[float]:
     """The same model and loss under a Trainer with nothing added: no loggers, callbacks, progress bar,
     checkpoints or model summary; deterministic on CPU, as the pipeline's trainer."""
     import lightning as L
@@ -170,6 +192,7 @@ def bare_lightning_seconds(kind: str, argv: list[str], epochs: int) -> float:
 
     order = EpochPermutation(len(b["labels"]), True, b["seed"])
     loader = TensorBatches(b["images"], b["labels"], b["batch_size"], order)
+    timer = EpochTimer()
     with quiet():  # Lightning prints what it found at construction
         trainer = L.Trainer(
             max_epochs=epochs,
@@ -181,23 +204,17 @@ def bare_lightning_seconds(kind: str, argv: list[str], epochs: int) -> float:
             enable_checkpointing=False,
             enable_progress_bar=False,
             enable_model_summary=False,
+            callbacks=[timer],
         )
-    start = time.perf_counter()
     with quiet():
         trainer.fit(Bare(), loader)
-    return time.perf_counter() - start
+    return timer.seconds
 
 
 def checkpoint_write_ms(kind: str, argv: list[str], run_dir: Path, writes: int = 5) -> float:
     """Milliseconds that training waits for one checkpoint written the way ``last.ckpt`` is (Lightning's
     checkpoint of the whole training state: copied, then written atomically and synced to disk in a
     background thread), measured at the end of a 1-epoch run."""
-    import lightning as L
-
-    import finetune.__main__ as finetune_main
-    import pretrain.__main__ as pretrain_main
-
-    module = finetune_main if kind == "finetune" else pretrain_main
     times: list[float] = []
 
     class Probe(L.Callback):
@@ -207,39 +224,22 @@ def checkpoint_write_ms(kind: str, argv: list[str], run_dir: Path, writes: int =
                 trainer.save_checkpoint(run_dir / f"probe{i}.ckpt")
                 times.append(time.perf_counter() - start)
 
-    build_trainer = module.build_trainer
-    module.build_trainer = lambda cfg, d, cb=(), faults=None: build_trainer(cfg, d, [*cb, Probe()], faults=faults)
-    try:
-        pipeline_seconds(kind, argv, 1, run_dir)
-    finally:
-        module.build_trainer = build_trainer
-    return 1000 * sorted(times)[len(times) // 2]
+    with with_callback(kind, Probe()):
+        pipeline_epochs(kind, argv, 1, run_dir)
+    return 1000 * statistics.median(times)
 
 
 def measure(
-    kind: str,
-    argv: list[str],
-    epochs: tuple[int, int],
-    repeats: int,
-    root: Path,
-    log: Callable[[str], None],
-    warmup: bool = True,
+    kind: str, argv: list[str], epochs: int, repeats: int, root: Path, log: Callable[[str], None]
 ) -> dict[str, list[float]]:
     """Steady-state images/s of the pipeline, the plain loop and bare Lightning, per repeat, interleaved
     so that a slow spell of a shared machine hits all three alike."""
-    short, long = epochs
-    images = len(build(kind, argv)["labels"]) * (long - short)
-    if warmup:  # data decoded and cached, lazy imports done
-        pipeline_seconds(kind, argv, short, root / "warmup")
-        plain_seconds(kind, argv, short)
+    images = len(build(kind, argv)["labels"])
     rates: dict[str, list[float]] = {"pipeline": [], "plain": [], "bare": []}
     for r in range(repeats):
-        t = [pipeline_seconds(kind, argv, e, root / f"{kind}-{r}-{e}") for e in (short, long)]
-        rates["pipeline"].append(per_unit(*t, images))
-        t = [plain_seconds(kind, argv, e) for e in (short, long)]
-        rates["plain"].append(per_unit(*t, images))
-        t = [bare_lightning_seconds(kind, argv, e) for e in (short, long)]
-        rates["bare"].append(per_unit(*t, images))
+        rates["pipeline"].append(steady_rate(pipeline_epochs(kind, argv, epochs, root / f"{kind}-{r}"), images))
+        rates["plain"].append(steady_rate(plain_epochs(kind, argv, epochs), images))
+        rates["bare"].append(steady_rate(bare_lightning_epochs(kind, argv, epochs), images))
         log(f"  {kind} repeat {r}: " + ", ".join(f"{k} {v[-1]:,.0f} img/s" for k, v in rates.items()))
     return rates
 
@@ -254,13 +254,13 @@ def figures(args: argparse.Namespace, root: Path) -> list[Figure]:
         elif kind == "masked" and not args.gpu:
             budget = 6000  # a ViT on CPU: a tenth of the images keeps this section in minutes
         argv = overrides(kind, budget=budget, gpu=args.gpu)
-        if args.tiny or (args.gpu and kind != "finetune"):
-            epochs = (1, 2)
+        if args.tiny:
+            epochs = 3
         elif kind == "finetune":
-            epochs = (2, 10) if args.gpu else (5, 25)  # 24 and 7 steps an epoch: enough of them to time
+            epochs = 10 if args.gpu else 40  # 24 and 7 steps an epoch: many epochs for a steady median
         else:
-            epochs = (1, 3)
-        rates = measure(kind, argv, epochs, args.repeats, root, args.log, warmup=not args.tiny)
+            epochs = 4
+        rates = measure(kind, argv, epochs, args.repeats, root, args.log)
         size = compose(kind, argv).data
         note = f"batch {size.batch_size}, {len(build(kind, argv)['labels']):,} images"
         if args.gpu:

@@ -7,12 +7,13 @@ the epochs of one run; and the peak resident memory of a whole ``python -m pretr
 from __future__ import annotations
 
 import argparse
+import statistics
 import sys
 from pathlib import Path
 
 import lightning as L
-from bench_common import Figure, child_env, hydra_command, per_unit, rss_mb, run_child
-from bench_overhead import build, overrides, pipeline_seconds, plain_seconds
+from bench_common import Figure, child_env, rss_mb, run_child, steady_rate
+from bench_overhead import build, overrides, pipeline_epochs, plain_epochs, with_callback
 
 BATCH_SIZES = (32, 64, 128, 256, 512, 1024)
 SUBSET = 12_000  # images per epoch for the batch-size sweep: six sizes stay within minutes
@@ -30,15 +31,9 @@ class EpochMemory(L.Callback):
 
 
 def memory_per_epoch(argv: list[str], epochs: int, run_dir: Path) -> list[float]:
-    import pretrain.__main__ as pretrain_main
-
     probe = EpochMemory()
-    build_trainer = pretrain_main.build_trainer
-    pretrain_main.build_trainer = lambda c, d, cb=(), faults=None: build_trainer(c, d, [*cb, probe], faults=faults)
-    try:
-        hydra_command(pretrain_main.main, [*argv, f"trainer.max_epochs={epochs}", f"hydra.run.dir={run_dir}"])
-    finally:
-        pretrain_main.build_trainer = build_trainer
+    with with_callback("supervised", probe):
+        pipeline_epochs("supervised", argv, epochs, run_dir)
     return probe.mb
 
 
@@ -46,16 +41,14 @@ def figures(args: argparse.Namespace, root: Path) -> list[Figure]:
     result = []
     subset = 1024 if args.tiny else SUBSET
     sizes = (32, 256) if args.tiny else BATCH_SIZES
+    epochs = 3 if args.tiny else 4
     for size in sizes:
         argv = overrides("supervised", batch_size=size, budget=subset)
-        if not args.tiny:
-            pipeline_seconds("supervised", argv, 1, root / "warmup")
         pipeline, plain = [], []
         for r in range(args.repeats):
-            t = [pipeline_seconds("supervised", argv, e, root / f"batch{size}-{r}-{e}") for e in (1, 3)]
-            pipeline.append(per_unit(*t, 2 * subset))
-            plain.append(per_unit(*[plain_seconds("supervised", argv, e) for e in (1, 3)], 2 * subset))
-        args.log(f"  batch {size}: pipeline {pipeline}, plain {plain}")
+            pipeline.append(steady_rate(pipeline_epochs("supervised", argv, epochs, root / f"batch{size}-{r}"), subset))
+            plain.append(steady_rate(plain_epochs("supervised", argv, epochs), subset))
+        args.log(f"  batch {size}: pipeline {pipeline[-1]:,.0f} img/s, plain {plain[-1]:,.0f} img/s")
         result.append(
             Figure(
                 "4", f"batch size {size}", "img/s", pipeline, plain, "plain loop", None, f"{subset:,} images an epoch"
@@ -65,12 +58,11 @@ def figures(args: argparse.Namespace, root: Path) -> list[Figure]:
     full = len(build("supervised", overrides("supervised"))["labels"])
     seconds: dict[float, list[float]] = {}
     for fraction in (0.02, 0.04) if args.tiny else FRACTIONS:
-        images = round(fraction * full)
-        argv = overrides("supervised", budget=images)
-        seconds[fraction] = []
-        for r in range(args.repeats):
-            t = [pipeline_seconds("supervised", argv, e, root / f"frac{fraction}-{r}-{e}") for e in (1, 2)]
-            seconds[fraction].append(t[1] - t[0])
+        argv = overrides("supervised", budget=round(fraction * full))
+        seconds[fraction] = [  # the median epoch after the first, as steady_rate takes it
+            statistics.median(pipeline_epochs("supervised", argv, epochs, root / f"f{fraction}-{r}")[1:])
+            for r in range(args.repeats)
+        ]
     top = max(seconds)
     for fraction, measured in seconds.items():
         line = [fraction / top * s for s in seconds[top]]

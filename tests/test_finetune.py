@@ -7,6 +7,7 @@ import functools
 import lightning as L
 import pytest
 import torch
+from synthetic import trainer
 
 from finetune.classifier import Classifier
 from finetune.schedule import FreezeSchedule
@@ -18,19 +19,6 @@ def digits(**kw) -> ImageDataModule:
     dm = ImageDataModule("digits", label_budget=200, val_size=0, batch_size=32, seed=0, **kw)
     dm.setup("fit")
     return dm
-
-
-def trainer(epochs: int, callbacks=(), **kw) -> L.Trainer:
-    return L.Trainer(
-        max_epochs=epochs,
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        callbacks=list(callbacks),
-        **kw,
-    )
 
 
 def snapshot(module: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -60,7 +48,7 @@ class Watch(L.Callback):
 
 
 @pytest.mark.parametrize("optimizer", [torch.optim.Adam, torch.optim.AdamW, torch.optim.SGD])
-def test_frozen_blocks_are_bit_identical_then_train_at_lower_rate(optimizer):
+def test_frozen_blocks_are_bit_identical_then_train_at_lower_rate(optimizer, tmp_path):
     dm = digits()
     encoder = build_encoder("cnn", dm.info.input_shape, channels=[8, 16])  # batch norm: running stats too
     base_lr, factor = 0.01, 0.1
@@ -69,7 +57,7 @@ def test_frozen_blocks_are_bit_identical_then_train_at_lower_rate(optimizer):
     )
     model = Classifier(encoder, opt, dm.info, encoder_lr_factor=factor)
     watch = Watch()
-    trainer(3, [FreezeSchedule(unfreeze_epoch=2), watch]).fit(model, datamodule=dm)
+    trainer(tmp_path, [FreezeSchedule(unfreeze_epoch=2), watch], max_epochs=3).fit(model, datamodule=dm)
 
     for epoch in (0, 1):  # frozen: every parameter and buffer bit-identical, the head moves
         end = watch.ends[epoch]
@@ -84,12 +72,12 @@ def test_frozen_blocks_are_bit_identical_then_train_at_lower_rate(optimizer):
     assert all(unfrozen["frozen_training"])
 
 
-def test_unfreeze_top_blocks_only():
+def test_unfreeze_top_blocks_only(tmp_path):
     dm = digits()
     encoder = build_encoder("mlp", dm.info.input_shape, widths=[32, 32, 16])
     model = Classifier(encoder, functools.partial(torch.optim.Adam, lr=1e-2), dm.info, encoder_lr_factor=0.5)
     watch = Watch()
-    trainer(2, [FreezeSchedule(unfreeze_epoch=1, unfreeze_top=1), watch]).fit(model, datamodule=dm)
+    trainer(tmp_path, [FreezeSchedule(unfreeze_epoch=1, unfreeze_top=1), watch], max_epochs=2).fit(model, datamodule=dm)
     before, after = watch.ends[0]["encoder"], watch.ends[1]["encoder"]
     for name in before:
         changed = not torch.equal(before[name], after[name])
@@ -117,14 +105,15 @@ class RecordingSGD(torch.optim.SGD):
 
 
 @pytest.mark.parametrize("algorithm", ["norm", "value"])
-def test_gradient_clipping_bounds_what_the_optimizer_applies(algorithm):
+def test_gradient_clipping_bounds_what_the_optimizer_applies(algorithm, tmp_path):
     dm = digits()
     encoder = build_encoder("mlp", dm.info.input_shape, widths=[64, 32])
     # A large learning rate on unnormalized-scale logits makes raw gradients far above the threshold.
     model = Classifier(encoder, functools.partial(RecordingSGD, lr=0.5), dm.info)
     RecordingSGD.seen = []
     threshold = 0.05
-    trainer(1, gradient_clip_val=threshold, gradient_clip_algorithm=algorithm).fit(model, datamodule=dm)
+    clipping = {"gradient_clip_val": threshold, "gradient_clip_algorithm": algorithm}
+    trainer(tmp_path, max_epochs=1, **clipping).fit(model, datamodule=dm)
     assert len(RecordingSGD.seen) == len(dm.train_dataloader())
     for grad in RecordingSGD.seen:
         if algorithm == "norm":
