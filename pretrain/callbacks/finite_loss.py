@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 import lightning as L
@@ -77,7 +76,9 @@ class FiniteLossGuard(L.Callback):
             return
         value = float(self._losses[index]) if index >= 0 else "nan or inf (on another process)"
         kept = next((c for c in trainer.callbacks if isinstance(c, LastCheckpoint)), None)
-        if kept is not None and kept.last_model_path and Path(kept.last_model_path).is_file():
+        # Not "is the file there": the last write may still be under way in the background
+        # (AsyncCheckpointIO); the run's teardown waits for it before this error reaches the user.
+        if kept is not None and kept.last_model_path:
             saved = getattr(kept, "_last_global_step_saved", 0)  # 0: not saved by this process (resumed)
             after = f" (after optimizer step {saved})" if saved else ""
             checkpoint = f"The last checkpoint, {kept.last_model_path}{after}, is from before it"
