@@ -225,8 +225,8 @@ def plain_fit(
     ``trainer=gpu`` runs. Nothing else. Returns each epoch's wall seconds."""
     import torch
 
-    scale = torch.tensor([1 / (255 * s) for s in std], device=device).view(1, -1, 1, 1)
-    shift = torch.tensor([m / s for m, s in zip(mean, std, strict=True)], device=device).view(1, -1, 1, 1)
+    from pretrain.data import normalize
+
     autocast = torch.autocast("cuda", torch.bfloat16, enabled=device != "cpu")
     generator = torch.Generator().manual_seed(seed)
     n = len(labels)
@@ -238,7 +238,7 @@ def plain_fit(
             index = order[first : first + batch_size]
             if len(index) == 1:
                 break  # as the pipeline: a batch of one breaks batch norm
-            x = images[index].to(device, non_blocking=True).float().mul_(scale).sub_(shift)
+            x = normalize(images[index].to(device, non_blocking=True), mean, std)  # as the pipeline does
             with autocast:
                 loss = loss_fn(x, labels[index].to(device, non_blocking=True))
             optimizer.zero_grad(set_to_none=True)
@@ -257,13 +257,13 @@ def rss_mb() -> float:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
-def run_child(argv: Sequence[str], env: dict[str, str] | None = None, cwd: str | os.PathLike | None = None) -> dict:
+def run_child(argv: Sequence[str], env: dict[str, str] | None = None) -> dict:
     """Run a command to its end; its wall seconds and its peak resident memory (MB)."""
     import subprocess
 
     start = time.perf_counter()
     with open(os.devnull, "w") as null:
-        child = subprocess.Popen(list(argv), stdout=null, stderr=subprocess.PIPE, env=env, cwd=cwd)
+        child = subprocess.Popen(list(argv), stdout=null, stderr=subprocess.PIPE, env=env)
         stderr = child.stderr.read()
         _, status, usage = os.wait4(child.pid, 0)
     wall = time.perf_counter() - start

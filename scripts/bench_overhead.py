@@ -63,7 +63,6 @@ def compose(kind: str, argv: list[str]):
 def build(kind: str, argv: list[str]) -> dict[str, Any]:
     """The model, optimizer, loss and training tensors that the pipeline's run builds from ``argv``,
     the model on the device the run's trainer uses."""
-    import lightning as L
     import torch.nn.functional as F
     from hydra.utils import instantiate
     from omegaconf import OmegaConf
@@ -167,25 +166,18 @@ def plain_epochs(kind: str, argv: list[str], epochs: int) -> list[float]:
 def bare_lightning_epochs(kind: str, argv: list[str], epochs: int) -> list[float]:
     """The same model and loss under a Trainer with nothing added: no loggers, callbacks, progress bar,
     checkpoints or model summary; deterministic on CPU, as the pipeline's trainer."""
-    import lightning as L
-    import torch
-
-    from pretrain.data import EpochPermutation, TensorBatches
+    from pretrain.data import EpochPermutation, TensorBatches, normalize
 
     b = build(kind, argv)
-    scale = [1 / (255 * s) for s in b["std"]]
-    shift = [m / s for m, s in zip(b["mean"], b["std"], strict=True)]
 
     class Bare(L.LightningModule):
         def __init__(self) -> None:
             super().__init__()
             self.task = b["model"]
-            self.register_buffer("scale", torch.tensor(scale).view(1, -1, 1, 1))
-            self.register_buffer("shift", torch.tensor(shift).view(1, -1, 1, 1))
 
         def training_step(self, batch, batch_idx):
             images, labels = batch
-            return b["loss"](images.float().mul_(self.scale).sub_(self.shift), labels)
+            return b["loss"](normalize(images, b["mean"], b["std"]), labels)
 
         def configure_optimizers(self):
             return self.task.configure_optimizers()
