@@ -31,6 +31,7 @@ from pretrain.validate import ConfigError
 RUN = [
     "trainer.max_epochs=3",
     "faults.checkpoint_every_n_steps=5",
+    "trainer.log_every_n_steps=10",  # step values at steps 9, 19, ...: some before the stop, some after
     "data.hflip=true",
     "data.max_shift=1",
     "backbone.dropout=0.1",

@@ -36,8 +36,12 @@ class LastCheckpoint(ModelCheckpoint):
             enable_version_counter=False,
         )
 
+    # Not ModelCheckpoint's epoch and validation ends: without top-k checkpoints they only copy
+    # the logged metrics and rewrite a last.ckpt already written at the same step.
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        pass
+
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        super().on_train_epoch_end(trainer, pl_module)
         last_epoch = trainer.should_stop or trainer.current_epoch + 1 == trainer.max_epochs
         if self._every_n_train_steps < 1 or last_epoch:
             self._save_last(trainer)
