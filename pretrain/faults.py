@@ -23,7 +23,7 @@ class FaultTolerance:
       steps, before any later checkpoint or encoder is written.
     """
 
-    def __init__(self, checkpoint_every_n_steps: int | None = 100, check_finite_every_n_steps: int = 10) -> None:
+    def __init__(self, checkpoint_every_n_steps: int | None = 1000, check_finite_every_n_steps: int = 10) -> None:
         self.checkpoint_every_n_steps = checkpoint_every_n_steps
         self.check_finite_every_n_steps = check_finite_every_n_steps
 

@@ -282,15 +282,16 @@ def figures(args: argparse.Namespace, root: Path) -> list[Figure]:
         )
         if kind in ("supervised", "finetune") and not args.gpu:
             write = [checkpoint_write_ms(kind, argv, root / f"ckpt-{kind}-{r}") for r in range(args.repeats)]
-            steps = [100 * 1000 * size.batch_size / rate for rate in rates["plain"]]
+            every = compose(kind, argv).faults.checkpoint_every_n_steps
+            steps = [every * 1000 * size.batch_size / rate for rate in rates["plain"]]
             result.append(
                 Figure(
                     "2",
-                    f"checkpoint, training's wait per write, {name} (ratio: its cost at one per 100 steps)",
+                    f"checkpoint, training's wait per write, {name} (ratio: its cost at one per {every:,} steps)",
                     "ms",
                     write,
                     steps,
-                    "100 plain steps",
+                    f"{every:,} plain steps",
                 )
             )
     return result

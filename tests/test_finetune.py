@@ -7,6 +7,9 @@ import functools
 import lightning as L
 import pytest
 import torch
+from conftest import REPO
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
 from synthetic import trainer
 
 from finetune.classifier import Classifier
@@ -47,14 +50,14 @@ class Watch(L.Callback):
         )
 
 
-@pytest.mark.parametrize("optimizer", [torch.optim.Adam, torch.optim.AdamW, torch.optim.SGD])
+@pytest.mark.parametrize("optimizer", sorted(p.stem for p in (REPO / "conf" / "optimizer").glob("*.yaml")))
 def test_frozen_blocks_are_bit_identical_then_train_at_lower_rate(optimizer, tmp_path):
+    """With every optimizer of conf/optimizer as configured there (fused kernels included), and
+    weight decay, which would move a frozen weight that an optimizer stepped without a gradient."""
     dm = digits()
     encoder = build_encoder("cnn", dm.info.input_shape, channels=[8, 16])  # batch norm: running stats too
     base_lr, factor = 0.01, 0.1
-    opt = functools.partial(
-        optimizer, lr=base_lr, weight_decay=0.1, **({"momentum": 0.9} if optimizer is torch.optim.SGD else {})
-    )
+    opt = instantiate(OmegaConf.load(REPO / "conf" / "optimizer" / f"{optimizer}.yaml"), lr=base_lr, weight_decay=0.1)
     model = Classifier(encoder, opt, dm.info, encoder_lr_factor=factor)
     watch = Watch()
     trainer(tmp_path, [FreezeSchedule(unfreeze_epoch=2), watch], max_epochs=3).fit(model, datamodule=dm)

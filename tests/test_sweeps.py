@@ -22,7 +22,7 @@ from finetune.report import make_report
 from pretrain.encoders import build_encoder
 from pretrain.export import save_encoder
 from pretrain.hydra_ddp import job_argv
-from pretrain.trainer import resolve_precision
+from pretrain.trainer import resolve_precision, skip_gpu_probe_without_gpus
 
 T975_1 = 12.706204736174698  # Student's t, 97.5% quantile, 1 degree of freedom
 
@@ -160,6 +160,18 @@ def test_gpu_and_ddp_trainers_use_mixed_precision_where_the_gpu_has_it(monkeypat
     assert resolve_precision("mixed", "cpu") == "32-true" and resolve_precision("16-mixed", "gpu") == "16-mixed"
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert resolve_precision("mixed", "auto") == "32-true"
+
+
+def test_gpu_checks_use_the_cuda_runtime_only_where_there_is_no_gpu(monkeypatch):
+    """Lightning's NVML-based check loads NVML at every call (every Adam step) without a GPU;
+    with GPUs it stays, so that checking does not initialize CUDA before a fork."""
+    monkeypatch.setenv("PYTORCH_NVML_BASED_CUDA_CHECK", "1")
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    skip_gpu_probe_without_gpus()
+    assert os.environ["PYTORCH_NVML_BASED_CUDA_CHECK"] == "1"
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
+    skip_gpu_probe_without_gpus()
+    assert os.environ["PYTORCH_NVML_BASED_CUDA_CHECK"] == "0"
 
 
 def subprocess_env() -> dict[str, str]:
