@@ -65,10 +65,11 @@ TYPES: dict[str, Any] = {
     "resume": str | None,
     "encoder": str | None,
     "reuse_blocks": int | None,
+    "schedule.unfreeze_epoch": int | None,
     "schedule.unfreeze_top": int | None,
 }
-"""Types of values outside any ``_target_`` node that the config files leave null (the others
-have the type of their value in the file)."""
+"""Types of values outside any ``_target_`` node that may be null (the others have the type of
+their value in the file)."""
 
 
 def _positive(v: Any) -> bool:

@@ -80,6 +80,18 @@ def test_pretraining_lowers_the_loss_and_finetuning_beats_chance(tmp_path):
     assert transfer["encoder_file"] and scratch["encoder_file"] is None
 
 
+def test_a_linear_probe_keeps_every_reused_weight(tmp_path):
+    """schedule.unfreeze_epoch=null: the head trains on frozen features to the last epoch."""
+    pretrain_main.run(make_config("pretrain", ["trainer.max_epochs=3", *QUIET]), tmp_path / "pre")
+    encoder = tmp_path / "pre" / "encoder.safetensors"
+    overrides = [f"encoder={encoder}", "schedule.unfreeze_epoch=null", "trainer.max_epochs=10", *QUIET]
+    probe = finetune_main.run(make_config("finetune", overrides), tmp_path / "probe")
+    assert probe["test_acc"] > 0.5  # chance is 0.1
+    trained = torch.load(tmp_path / "probe" / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+    reused = load_file(encoder)
+    assert all(torch.equal(trained[f"encoder.{k}"], v) for k, v in reused.items())
+
+
 def test_same_config_and_seed_give_the_same_numbers(tmp_path):
     overrides = ["trainer.max_epochs=2", "seed=7", *QUIET]
     a = pretrain_main.run(make_config("pretrain", overrides), tmp_path / "a")
