@@ -200,9 +200,15 @@ def clock(device: Any) -> float:
 
 
 def steady_rate(epoch_seconds: Sequence[float], images: int) -> float:
-    """Images per second in the steady state: the median epoch after the first (warm-up) one.
-    A median of epochs, not a mean over a run: on a shared machine a slow spell hits a few epochs."""
-    return images / statistics.median(epoch_seconds[1:])
+    """Images per second in the steady state: an epoch's images over ``steady_seconds``."""
+    return images / steady_seconds(epoch_seconds)
+
+
+def steady_seconds(epoch_seconds: Sequence[float]) -> float:
+    """Seconds an epoch after the first (warm-up) one: their mean, not their median, so that work
+    done every N steps (logs, checkpoints) counts at its true frequency even where epochs are
+    shorter than N steps. A slow spell of a shared machine is left to the median over repeats."""
+    return statistics.fmean(epoch_seconds[1:])
 
 
 # --- the plain PyTorch loop --------------------------------------------------------------------

@@ -4,7 +4,7 @@ against a plain PyTorch loop that trains the same model on the same tensors, in 
 The pipeline is ``python -m pretrain`` / ``python -m finetune`` called in this process (its Hydra main,
 with Lightning, TensorBoard and CSV logging, the progress bar, checkpoints, the NaN guard and the
 gradient-norm monitor all on, as configured by default). Its steady-state rate is images over the
-median epoch time after the first epoch (``bench_common.steady_rate``). The plain loop
+mean epoch time after the first epoch (``bench_common.steady_rate``). The plain loop
 (``bench_common.plain_fit``) and a bare Lightning Trainer (no loggers, callbacks or progress bar: what
 Lightning itself costs) are timed the same way, interleaved with the pipeline's runs.
 
@@ -249,7 +249,7 @@ def figures(args: argparse.Namespace, root: Path) -> list[Figure]:
         if args.tiny:
             epochs = 3
         elif kind == "finetune":
-            epochs = 10 if args.gpu else 40  # 24 and 7 steps an epoch: many epochs for a steady median
+            epochs = 10 if args.gpu else 40  # 24 and 7 steps an epoch: many epochs, several log steps
         else:
             epochs = 4
         rates = measure(kind, argv, epochs, args.repeats, root, args.log)

@@ -7,12 +7,11 @@ the epochs of one run; and the peak resident memory of a whole ``python -m pretr
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 from pathlib import Path
 
 import lightning as L
-from bench_common import Figure, child_env, rss_mb, run_child, steady_rate
+from bench_common import Figure, child_env, rss_mb, run_child, steady_rate, steady_seconds
 from bench_overhead import build, overrides, pipeline_epochs, plain_epochs, with_callback
 
 BATCH_SIZES = (32, 64, 128, 256, 512, 1024)
@@ -59,8 +58,8 @@ def figures(args: argparse.Namespace, root: Path) -> list[Figure]:
     seconds: dict[float, list[float]] = {}
     for fraction in (0.02, 0.04) if args.tiny else FRACTIONS:
         argv = overrides("supervised", budget=round(fraction * full))
-        seconds[fraction] = [  # the median epoch after the first, as steady_rate takes it
-            statistics.median(pipeline_epochs("supervised", argv, epochs, root / f"f{fraction}-{r}")[1:])
+        seconds[fraction] = [
+            steady_seconds(pipeline_epochs("supervised", argv, epochs, root / f"f{fraction}-{r}"))
             for r in range(args.repeats)
         ]
     top = max(seconds)
