@@ -496,9 +496,19 @@ def augment_batch(x: Tensor, hflip: bool, max_shift: int) -> Tensor:
 
 def normalize(images: Tensor, mean: Sequence[float], std: Sequence[float]) -> Tensor:
     """0..255 images (uint8 or float) to ``(x / 255 - mean) / std`` per channel."""
-    scale = torch.tensor([1 / (255 * s) for s in std], device=images.device).view(1, -1, 1, 1)
-    shift = torch.tensor([m / s for m, s in zip(mean, std, strict=True)], device=images.device).view(1, -1, 1, 1)
+    scale, shift = _affine(tuple(mean), tuple(std), images.device)
     return images.float() * scale - shift
+
+
+@functools.lru_cache(maxsize=16)
+def _affine(mean: tuple[float, ...], std: tuple[float, ...], device: torch.device) -> tuple[Tensor, Tensor]:
+    # Made once per device: a tensor built from Python numbers on a GPU is a copy from host
+    # memory, which waits for the GPU to finish its queued work, at every batch. Not inference
+    # tensors (the first call may be under validation's inference mode), so training may use them.
+    with torch.inference_mode(False):
+        scale = torch.tensor([1 / (255 * s) for s in std], device=device).view(1, -1, 1, 1)
+        shift = torch.tensor([m / s for m, s in zip(mean, std, strict=True)], device=device).view(1, -1, 1, 1)
+    return scale, shift
 
 
 def denormalize(images: Tensor, mean: Sequence[float], std: Sequence[float]) -> Tensor:

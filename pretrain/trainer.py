@@ -12,8 +12,9 @@ import torch
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import Callback, LearningRateMonitor, TQDMProgressBar
 from lightning.pytorch.loggers import TensorBoardLogger
-from omegaconf import DictConfig
+from omegaconf import DictConfig, open_dict
 
+from pretrain.callbacks.channels_last import ChannelsLast
 from pretrain.callbacks.grad_norm import GradNormMonitor
 from pretrain.csv_log import ContinuingCSVLogger
 from pretrain.faults import FaultTolerance
@@ -67,6 +68,9 @@ def build_trainer(
     ]
     faults = faults or FaultTolerance()
     skip_gpu_probe_without_gpus()
+    trainer_cfg = trainer_cfg.copy()
+    with open_dict(trainer_cfg):  # ours, not a Trainer argument
+        channels_last = trainer_cfg.pop("channels_last", False)
     with lightning_refusals("trainer"):
         return instantiate(
             trainer_cfg,
@@ -78,6 +82,7 @@ def build_trainer(
                 *faults.callbacks(run_dir),
                 LearningRateMonitor(logging_interval="epoch"),
                 GradNormMonitor(),
+                *([ChannelsLast()] if channels_last else []),
                 # Refreshed as often as the logs are written: the values it shows change no more often,
                 # and a refresh per step costs a tenth of a small model's step (scripts/bench.py).
                 *(

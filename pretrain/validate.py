@@ -176,6 +176,10 @@ def _check_target(path: str, node: dict[str, Any], problems: list[str]) -> None:
     for key, value in node.items():
         if key.startswith("_") and key.endswith("_"):  # Hydra's own keys: _target_, _partial_, ...
             continue
+        if path == "trainer" and key == "channels_last":  # ours, not Lightning's: pretrain.trainer takes it
+            if not isinstance(value, bool):
+                problems.append(f"trainer.channels_last={value!r} must be true or false")
+            continue
         if key not in params:
             if not takes_any:
                 problems.append(f"{path}.{key} is not an option of {target}{_did_you_mean(key, names)}")

@@ -63,6 +63,7 @@ def compose(kind: str, argv: list[str]):
 def build(kind: str, argv: list[str]) -> dict[str, Any]:
     """The model, optimizer, loss and training tensors that the pipeline's run builds from ``argv``,
     the model on the device the run's trainer uses."""
+    import torch
     import torch.nn.functional as F
     from hydra.utils import instantiate
     from omegaconf import OmegaConf
@@ -104,6 +105,8 @@ def build(kind: str, argv: list[str]) -> dict[str, Any]:
     else:
         raise ValueError(f"no plain loop for {kind}")
     device = "cuda" if cfg.trainer.accelerator in ("gpu", "cuda") else "cpu"
+    if cfg.trainer.channels_last:  # as pretrain.callbacks.ChannelsLast does in the pipeline's run
+        model.to(memory_format=torch.channels_last)
     model.to(device).train()
     return {
         "model": model,

@@ -77,6 +77,7 @@ BAD_CONFIGS = [
         ["encoder=e.safetensors", "schedule.unfreeze_epoch=30"],
         r"schedule.unfreeze_epoch=30 is not before the last epoch.*0..29",
     ),
+    ("pretrain", ["trainer.channels_last=maybe"], r"trainer.channels_last='maybe' must be true or false"),
     ("finetune", ["reuse_blocks=0"], r"reuse_blocks=0 must be at least 1"),
     ("finetune", ["schedule.unfreeze_top=0"], r"schedule.unfreeze_top=0 must be at least 1"),
     ("finetune", ["schedule.encoder_lr_factor=0"], r"schedule.encoder_lr_factor=0 must be positive"),

@@ -19,10 +19,11 @@ from tensorboard.backend.event_processing.event_multiplexer import EventMultiple
 
 import finetune.__main__ as finetune_main
 from finetune.report import make_report
+from pretrain.callbacks.channels_last import ChannelsLast
 from pretrain.encoders import build_encoder
 from pretrain.export import save_encoder
 from pretrain.hydra_ddp import job_argv
-from pretrain.trainer import resolve_precision, skip_gpu_probe_without_gpus
+from pretrain.trainer import build_trainer, resolve_precision, skip_gpu_probe_without_gpus
 
 T975_1 = 12.706204736174698  # Student's t, 97.5% quantile, 1 degree of freedom
 
@@ -172,6 +173,18 @@ def test_gpu_checks_use_the_cuda_runtime_only_where_there_is_no_gpu(monkeypatch)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
     skip_gpu_probe_without_gpus()
     assert os.environ["PYTORCH_NVML_BASED_CUDA_CHECK"] == "0"
+
+
+@pytest.mark.parametrize(
+    "overrides,expected", [([], False), (["trainer=gpu"], True), (["trainer.channels_last=true"], True)]
+)
+def test_channels_last_is_a_trainer_option_that_gpus_turn_on(tmp_path, overrides, expected):
+    cfg = make_config("pretrain", overrides)
+    assert cfg.trainer.channels_last is expected
+    cfg.trainer.accelerator = "cpu"  # built here without a GPU
+    trainer = build_trainer(cfg.trainer, tmp_path)
+    assert any(isinstance(c, ChannelsLast) for c in trainer.callbacks) is expected
+    assert "channels_last" in cfg.trainer  # the run's config keeps it: read, not removed
 
 
 def subprocess_env() -> dict[str, str]:

@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 from synthetic import ADAM, encoder, images, info, loader, snapshot, trainer
 
+from pretrain.callbacks.channels_last import ChannelsLast
 from pretrain.export import load_encoder, save_encoder
 from pretrain.tasks.autoencoder import Autoencoder
 from pretrain.tasks.gan import GAN
@@ -43,10 +44,10 @@ def task_loss(module, task: str, x: torch.Tensor, y: torch.Tensor) -> float:
         return module.stage_loss(x).item()
 
 
-def fit(module, tmp_path, task: str, steps: int = 16, batch_size: int = 32):
+def fit(module, tmp_path, task: str, steps: int = 16, batch_size: int = 32, callbacks=()):
     x, y = images(shape=SHAPE)
     # The GAN makes two optimizer steps per batch, and max_steps counts optimizer steps.
-    t = trainer(tmp_path, max_epochs=1000, max_steps=2 * steps if task == "gan" else steps)
+    t = trainer(tmp_path, callbacks, max_epochs=1000, max_steps=2 * steps if task == "gan" else steps)
     t.fit(module, train_dataloaders=loader(x, y, batch_size, pairs=task == "siamese"))
     return t
 
@@ -119,3 +120,25 @@ def test_under_ddp_they_ask_for_unused_parameters_to_be_allowed(task):
         start()
     ddp._ddp_kwargs["find_unused_parameters"] = True
     start()
+
+
+@pytest.mark.parametrize("task", TASKS)
+def test_channels_last_trains_in_nhwc_and_exports_a_file_that_computes_the_same(task, tmp_path):
+    torch.manual_seed(0)
+    module = build(task, "cnn")
+    x, y = images(shape=SHAPE)
+    before = task_loss(module, task, x, y)
+    fit(module, tmp_path, task, callbacks=[ChannelsLast()])
+    convolutions = [p for p in module.parameters() if p.dim() == 4]
+    assert convolutions and all(p.is_contiguous(memory_format=torch.channels_last) for p in convolutions)
+    assert not all(p.is_contiguous() for p in convolutions)  # the order really changed
+    assert task_loss(module, task, x, y) < before
+
+    exported = module.exported_encoder()
+    path = save_encoder(
+        tmp_path / "e.safetensors", exported, mean=[0.0], std=[1.0], pretext={"task": task}, data={"name": "synthetic"}
+    )
+    loaded = load_encoder(path).encoder
+    module.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), module.encoder(x))
