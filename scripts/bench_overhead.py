@@ -11,7 +11,7 @@ Lightning itself costs) are timed the same way, interleaved with the pipeline's 
 Validation is off in all three (``data.val_size=0``): the figure is the training rate; the plain loop
 would otherwise need the same validation work. Fine-tuning is the study's from-scratch run
 (``experiment=fashion_transfer encoder=none``: 200 images, batch 32, 7 steps an epoch). With ``--gpu``:
-``trainer=gpu`` (bf16-mixed), the ResNet-18 backbone, batch 512, and all 12,000 sandal and shirt
+``trainer=gpu`` (bf16-mixed, channels-last), the ResNet-18 backbone, batch 512, and all 12,000 sandal and shirt
 training images for fine-tuning.
 """
 
