@@ -34,7 +34,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     task = make_task(encoder=encoder, optimizer=instantiate(cfg.optimizer), data=info)
     trainer = build_trainer(cfg.trainer, run_dir, faults=instantiate(cfg.faults))
     trainer.fit(task, datamodule=datamodule, ckpt_path=checkpoint)
-    metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+    metrics = {**{k: float(v) for k, v in trainer.callback_metrics.items()}, **task.epoch_means}
     results = {
         "kind": "pretrain",
         "task": task.name,

@@ -225,10 +225,12 @@ def plain_fit(
     std: Sequence[float],
     seed: int = 0,
     device: str = "cpu",
+    backward: Callable[[Any], None] | None = None,
 ) -> list[float]:
     """Train by hand: per epoch a random permutation, per batch an index into the uint8 images,
-    a copy to ``device``, normalization, loss, backward, step; on a GPU under bf16 autocast, as
-    ``trainer=gpu`` runs. Nothing else. Returns each epoch's wall seconds."""
+    a copy to ``device``, normalization, loss, backward (``loss.backward()`` unless ``backward``
+    is given), step; on a GPU under bf16 autocast, as ``trainer=gpu`` runs. Nothing else.
+    Returns each epoch's wall seconds."""
     import torch
 
     from pretrain.data import normalize
@@ -250,7 +252,10 @@ def plain_fit(
             with autocast:
                 loss = loss_fn(x, labels[index].to(device, non_blocking=True))
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            if backward is None:
+                loss.backward()
+            else:
+                backward(loss)
             optimizer.step()
         seconds.append(clock(device) - start)
     return seconds

@@ -8,7 +8,10 @@ mean epoch time after the first epoch (``bench_common.steady_rate``). The plain 
 (``bench_common.plain_fit``) and a bare Lightning Trainer (no loggers, callbacks or progress bar: what
 Lightning itself costs) are timed the same way, interleaved with the pipeline's runs.
 
-Validation is off in all three (``data.val_size=0``): the figure is the training rate; the plain loop
+For fine-tuning, a fourth: the same steps in a loop on Lightning Fabric (``plain_epochs``), what
+fine-tuning would cost in our own loop instead of the Trainer (the choice the CPU target leaves open).
+
+Validation is off in all of them (``data.val_size=0``): the figure is the training rate; the plain loop
 would otherwise need the same validation work. Fine-tuning is the study's from-scratch run
 (``experiment=fashion_transfer encoder=none``: 200 images, batch 32, 7 steps an epoch). With ``--gpu``:
 ``trainer=gpu`` (bf16-mixed, channels-last), the ResNet-18 backbone, batch 512, and all 12,000 sandal and shirt
@@ -149,11 +152,25 @@ def pipeline_epochs(kind: str, argv: list[str], epochs: int, run_dir: Path) -> l
     return timer.seconds
 
 
-def plain_epochs(kind: str, argv: list[str], epochs: int) -> list[float]:
+def plain_epochs(kind: str, argv: list[str], epochs: int, fabric: bool = False) -> list[float]:
+    """The plain loop (``plain_fit``) on the run's model. With ``fabric``, its model and optimizer set up
+    by Lightning Fabric and the backward pass through it: what Lightning costs without the Trainer's
+    loop, hooks and logging."""
     b = build(kind, argv)
-    optimizer = b["model"].configure_optimizers()
+    loss, optimizer, backward = b["loss"], b["model"].configure_optimizers(), None
+    if fabric:
+        accelerator = "gpu" if b["device"] == "cuda" else "cpu"
+        with quiet():
+            runner = L.Fabric(accelerator=accelerator, devices=1, precision=b["precision"])
+        _, optimizer = runner.setup(b["model"], optimizer)
+        backward = runner.backward
+
+        def loss(x, y):  # b["loss"] calls the model, not Fabric's wrapper: the autocast that wrapper adds, here
+            with runner.autocast():
+                return b["loss"](x, y)
+
     return plain_fit(
-        b["loss"],
+        loss,
         optimizer,
         b["images"],
         b["labels"],
@@ -163,6 +180,7 @@ def plain_epochs(kind: str, argv: list[str], epochs: int) -> list[float]:
         b["std"],
         b["seed"],
         b["device"],
+        backward=backward,
     )
 
 
@@ -227,14 +245,18 @@ def checkpoint_write_ms(kind: str, argv: list[str], run_dir: Path, writes: int =
 def measure(
     kind: str, argv: list[str], epochs: int, repeats: int, root: Path, log: Callable[[str], None]
 ) -> dict[str, list[float]]:
-    """Steady-state images/s of the pipeline, the plain loop and bare Lightning, per repeat, interleaved
-    so that a slow spell of a shared machine hits all three alike."""
+    """Steady-state images/s of the pipeline, the plain loop and bare Lightning (and for fine-tuning the
+    Fabric loop), per repeat, interleaved so that a slow spell of a shared machine hits them alike."""
     images = len(build(kind, argv)["labels"])
     rates: dict[str, list[float]] = {"pipeline": [], "plain": [], "bare": []}
+    if kind == "finetune":
+        rates["fabric"] = []
     for r in range(repeats):
         rates["pipeline"].append(steady_rate(pipeline_epochs(kind, argv, epochs, root / f"{kind}-{r}"), images))
         rates["plain"].append(steady_rate(plain_epochs(kind, argv, epochs), images))
         rates["bare"].append(steady_rate(bare_lightning_epochs(kind, argv, epochs), images))
+        if "fabric" in rates:
+            rates["fabric"].append(steady_rate(plain_epochs(kind, argv, epochs, fabric=True), images))
         log(f"  {kind} repeat {r}: " + ", ".join(f"{k} {v[-1]:,.0f} img/s" for k, v in rates.items()))
     return rates
 
@@ -283,6 +305,17 @@ def figures(args: argparse.Namespace, root: Path) -> list[Figure]:
                 "plain loop",
             )
         )
+        if "fabric" in rates:
+            result.append(
+                Figure(
+                    "2",
+                    f"Lightning Fabric loop, {name} (reference: our own loop instead of the Trainer)",
+                    "img/s",
+                    rates["fabric"],
+                    rates["plain"],
+                    "plain loop",
+                )
+            )
         if kind in ("supervised", "finetune") and not args.gpu:
             write = [checkpoint_write_ms(kind, argv, root / f"ckpt-{kind}-{r}") for r in range(args.repeats)]
             every = compose(kind, argv).faults.checkpoint_every_n_steps

@@ -141,6 +141,15 @@ def test_normalization_matches_measured_stats():
     assert torch.allclose(normalize(dm.train_set.images, mean, std).double(), ref, atol=1e-5)
 
 
+def test_channel_stats_are_each_channels_mean_and_population_std():
+    images = torch.randint(0, 256, (50, 3, 7, 5), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    images[:, 2] //= 4  # channels that differ
+    x = images.double().transpose(0, 1).reshape(3, -1) / 255
+    mean, std = channel_stats(images)
+    assert mean == pytest.approx(x.mean(1).tolist(), abs=1e-12)
+    assert std == pytest.approx(x.std(1, correction=0).tolist(), abs=1e-12)
+
+
 def test_augmentation_shifts_and_flips_per_image():
     torch.manual_seed(0)
     x = torch.zeros(64, 1, 8, 8)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import subprocess
@@ -68,6 +69,10 @@ def test_pretraining_lowers_the_loss_and_finetuning_beats_chance(tmp_path):
     val = [float(r.split(",")[header.index("val/loss")]) for r in log[1:] if r.split(",")[header.index("val/loss")]]
     assert len(val) == 3 and val[-1] < val[0]
     assert pre["metrics"]["val/loss"] == val[-1]
+    rows = list(csv.DictReader((tmp_path / "pre" / "csv" / "metrics.csv").open()))
+    train = [(int(r["epoch"]), float(r["train/loss_epoch"])) for r in rows if r["train/loss_epoch"]]
+    assert [epoch for epoch, _ in train] == [0, 1, 2] and train[-1][1] < train[0][1]
+    assert pre["metrics"]["train/loss_epoch"] == train[-1][1]
     scratch = finetune_main.run(make_config("finetune", ["trainer.max_epochs=20", *QUIET]), tmp_path / "s")
     transfer = finetune_main.run(
         make_config(

@@ -13,12 +13,15 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import QUIET, REPO, make_config
+from hydra import initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
+from hydra.plugins.sweeper import Sweeper
 from omegaconf import OmegaConf
 from tensorboard.backend.event_processing.event_multiplexer import EventMultiplexer
 
 import finetune.__main__ as finetune_main
 from finetune.report import make_report
+from hydra_plugins.pretext_sweeper.tolerant_sweeper import config_groups, runs_to_compose
 from pretrain.callbacks.channels_last import ChannelsLast
 from pretrain.encoders import build_encoder
 from pretrain.export import save_encoder
@@ -111,6 +114,51 @@ def test_multirun_survives_a_failed_run_and_the_report_matches_its_results(tmp_p
         assert {"train/grad_norm", "train/loss_step", "test/acc", "lr-Adam/head", "lr-Adam/encoder"} <= set(
             runs[run]["scalars"]
         )
+
+
+def test_the_legality_check_composes_one_run_of_each_kind():
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        groups = config_groups(GlobalHydra.instance().config_loader())
+    GlobalHydra.instance().clear()
+    assert {"optimizer", "data", "experiment", "hydra/launcher", "hydra/sweeper"} <= groups
+    assert "seed" not in groups and "schedule" not in groups
+    batch = [
+        ["seed=0", "optimizer=adam"],
+        ["seed=1", "optimizer=adam"],  # a plain value: composes as the first
+        ["seed=0", "optimizer=sgd"],  # another choice of a config group
+        ["seed=0", "optimizer=adam", "data.classes=[a,b]"],  # a list where there was none
+        ["seed=1", "optimizer=adam", "data.classes=[c,d]"],
+        ["seed=0", "optimizer=adam", "schedule=5"],  # a scalar where the config has a dict
+        ["seed=0", "optimizer=adam", "schedule={unfreeze_epoch:1}"],
+        ["seed=0", "optimizer=adam", "~schedule"],
+        ["seed=0", "hydra/launcher=slurm"],
+    ]
+    kept = runs_to_compose(batch, groups)
+    assert kept == [batch[i] for i in (0, 2, 3, 5, 6, 7, 8)]
+
+
+def test_a_seed_sweep_composes_one_run_before_launching_them_all(tmp_path, monkeypatch):
+    composed = []
+    check = Sweeper.validate_batch_is_legal  # what TolerantSweeper's check hands the runs it composes to
+
+    def recorded(self, batch):
+        composed.extend(batch)
+        check(self, batch)
+
+    monkeypatch.setattr(Sweeper, "validate_batch_is_legal", recorded)
+    argv = ["-m", "seed=0,1,2", "optimizer.lr=0.01", "trainer.max_epochs=1", f"hydra.sweep.dir={tmp_path}", *QUIET]
+    assert hydra_command(finetune_main.main, argv, monkeypatch) == 0
+    assert len(list(tmp_path.glob("*/results.json"))) == 3
+    assert len(composed) == 1 and composed[0][0] == "seed=0"
+
+
+def test_a_sweep_with_a_run_that_cannot_compose_starts_no_run(tmp_path, monkeypatch, capsys):
+    sweep = tmp_path / "sweep"
+    argv = ["-m", "seed=0,1", "optimizer=adam,nosuch", f"hydra.sweep.dir={sweep}", *QUIET]
+    assert hydra_command(finetune_main.main, argv, monkeypatch) == 1
+    assert "nosuch" in capsys.readouterr().err
+    assert not [p for p in sweep.iterdir() if p.is_dir()]  # no run folder: nothing was launched
 
 
 def test_slurm_launcher_turns_the_config_into_an_sbatch_job_array(tmp_path, monkeypatch):
