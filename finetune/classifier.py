@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from torch import nn
 from torch.optim import Optimizer
 
 from pretrain.data import DataInfo
@@ -35,10 +36,12 @@ class Classifier(Supervised):
         super().__init__(encoder, optimizer, data, dropout, label_smoothing)
         self.encoder_lr_factor = encoder_lr_factor
         self.num_frozen = 0
+        self.frozen_parameters: list[nn.Parameter] = []  # those of the lowest num_frozen blocks
 
     def freeze_lower(self, count: int) -> None:
         """Freeze the lowest ``count`` encoder blocks and make the others trainable."""
         self.num_frozen = count
+        self.frozen_parameters = [p for block in self.encoder.blocks[:count] for p in block.parameters()]
         # Under DDP a parameter's requires_grad must not change once the model is wrapped
         # (its gradient would silently stop being averaged): there, frozen parameters keep
         # requires_grad and their gradients are dropped after each backward instead.
@@ -47,10 +50,6 @@ class Classifier(Supervised):
             for p in block.parameters():
                 p.requires_grad_(i >= count or distributed)
         self.train(self.training)
-
-    @property
-    def frozen_parameters(self) -> list:
-        return [p for block in self.encoder.blocks[: self.num_frozen] for p in block.parameters()]
 
     def train(self, mode: bool = True) -> Classifier:
         super().train(mode)

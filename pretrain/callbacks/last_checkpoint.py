@@ -35,6 +35,13 @@ class LastCheckpoint(ModelCheckpoint):
             every_n_train_steps=every_n_train_steps,
             enable_version_counter=False,
         )
+        self._state_key = super().state_key
+
+    @property
+    def state_key(self) -> str:
+        # ModelCheckpoint's builds a string from its settings at every call, and the Trainer asks for
+        # it at every hook it calls (some 60 a step); the settings do not change after construction.
+        return self._state_key
 
     # Not ModelCheckpoint's epoch and validation ends: without top-k checkpoints they only copy
     # the logged metrics and rewrite a last.ckpt already written at the same step.

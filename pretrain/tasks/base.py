@@ -37,6 +37,15 @@ class PretextTask(L.LightningModule):
         self._epoch_sums: dict[str, tuple[Tensor, int]] = {}  # name: (sum of value * batch size, images)
         self.epoch_means: dict[str, float] = {}  # the last training epoch's train/NAME_epoch
 
+    def __setattr__(self, name: str, value: Any) -> None:
+        # Lightning writes the name of the hook it calls here before and after every hook, some 40
+        # times a step. nn.Module's __setattr__ first looks for a parameter, buffer or submodule of
+        # that name, ~4 us a time on CPU; this attribute is a plain string.
+        if name == "_current_fx_name":
+            object.__setattr__(self, name, value)
+        else:
+            super().__setattr__(name, value)
+
     def log_train(self, values: Mapping[str, Tensor], batch_size: int) -> None:
         """Log training values as ``train/NAME_step``, on the steps the loggers write (every
         ``log_every_n_steps``), and ``train/NAME_epoch``, their mean over the epoch's images
