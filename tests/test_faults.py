@@ -15,10 +15,12 @@ import lightning as L
 import pytest
 import torch
 from conftest import QUIET, REPO, make_config
+from lightning.pytorch.callbacks import ModelCheckpoint
 from safetensors.torch import load_file
 
 import pretrain.__main__ as pretrain_main
 from pretrain.callbacks.finite_loss import NonFiniteLossError
+from pretrain.callbacks.last_checkpoint import LastCheckpoint
 from pretrain.callbacks.random_state import collect, restore
 from pretrain.data import EpochPermutation, TensorBatches
 from pretrain.files import AtomicCheckpointIO
@@ -300,3 +302,11 @@ def test_finetuning_resumed_after_the_unfreeze_matches(tmp_path, monkeypatch):
     resumed = finetune_main.run(make_config("finetune", [*runs, f"resume={tmp_path / 'run'}"]), tmp_path / "run")
     assert same(checkpoint(tmp_path / "run")["state_dict"], checkpoint(tmp_path / "ref")["state_dict"])
     assert resumed["test_acc"] == reference["test_acc"]
+
+
+def test_last_checkpoint_files_its_state_under_model_checkpoints_key(tmp_path):
+    # A resumed run finds each callback's state in the checkpoint by this key: the one made once
+    # must be the string ModelCheckpoint builds, or checkpoints written before would not resume.
+    kept = LastCheckpoint(tmp_path, every_n_train_steps=5)
+    assert kept.state_key == ModelCheckpoint.state_key.fget(kept)
+    assert kept.state_key.startswith("LastCheckpoint{") and "'every_n_train_steps': 5" in kept.state_key
