@@ -270,21 +270,47 @@ def rss_mb() -> float:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
-def run_child(argv: Sequence[str], env: dict[str, str] | None = None) -> dict:
-    """Run a command to its end; its wall seconds and its peak resident memory (MB)."""
-    import subprocess
+def high_water_mb(pid: int) -> float:
+    """The peak resident memory so far of process ``pid`` (its VmHWM), MB; 0 once it has exited."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            return next((int(line.split()[1]) / 1024 for line in f if line.startswith("VmHWM:")), 0.0)
+    except OSError:
+        return 0.0
 
-    start = time.perf_counter()
-    with open(os.devnull, "w") as null:
-        child = subprocess.Popen(list(argv), stdout=null, stderr=subprocess.PIPE, env=env)
-        stderr = child.stderr.read()
-        _, status, usage = os.wait4(child.pid, 0)
-    wall = time.perf_counter() - start
-    child.returncode = os.waitstatus_to_exitcode(status)
-    if child.returncode != 0:
-        tail = stderr.decode(errors="replace")[-3000:]
-        raise RuntimeError(f"{' '.join(map(str, argv))} exited with status {child.returncode}:\n{tail}")
-    return {"wall": wall, "peak_rss_mb": usage.ru_maxrss / 1024}
+
+def run_child(argv: Sequence[str], env: dict[str, str] | None = None) -> dict:
+    """Run a command to its end; its wall seconds and its peak resident memory (MB).
+
+    The peak is the child's own high-water mark, read every 10 ms while it runs. Not the
+    ``ru_maxrss`` that ``wait4`` reports: Linux carries a parent's high-water mark over fork and
+    exec, so every child of this process (torch and Lightning imported, data sets loaded by
+    earlier sections) would report at least this process's own peak."""
+    import subprocess
+    import tempfile
+    import threading
+
+    peak = [0.0]
+    done = threading.Event()
+
+    def watch(pid: int) -> None:
+        while not done.wait(0.01):
+            peak[0] = max(peak[0], high_water_mb(pid))
+
+    with open(os.devnull, "w") as null, tempfile.TemporaryFile() as stderr:
+        start = time.perf_counter()
+        child = subprocess.Popen(list(argv), stdout=null, stderr=stderr, env=env)
+        watcher = threading.Thread(target=watch, args=(child.pid,), daemon=True)
+        watcher.start()
+        child.wait()
+        wall = time.perf_counter() - start
+        done.set()
+        watcher.join()
+        if child.returncode != 0:
+            stderr.seek(0)
+            tail = stderr.read().decode(errors="replace")[-3000:]
+            raise RuntimeError(f"{' '.join(map(str, argv))} exited with status {child.returncode}:\n{tail}")
+    return {"wall": wall, "peak_rss_mb": peak[0]}
 
 
 def child_env(**extra: str) -> dict[str, str]:

@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -37,3 +39,17 @@ def test_the_benchmark_runs_every_section_and_prints_its_table(real_data, tmp_pa
         assert all(v == v for v in f["measured"]), f  # no NaN
         assert f["name"] in done.stdout
     assert "| # | figure | measured | baseline | ratio | target | met |" in done.stdout
+
+
+def test_a_child_commands_peak_memory_is_its_own_not_this_process(monkeypatch):
+    monkeypatch.syspath_prepend(str(REPO / "scripts"))
+    from bench_common import run_child
+
+    ballast = bytearray(300 * 2**20)  # this process is large: torch imported, and more
+    ballast[::4096] = b"x" * len(ballast[::4096])  # resident, not just reserved
+    empty = run_child([sys.executable, "-c", "pass"])["peak_rss_mb"]
+    big = run_child([sys.executable, "-c", "b = bytearray(200 * 2**20); b[::4096] = b'x' * len(b[::4096])"])
+    assert 1 < empty < 100, empty  # an empty interpreter, not this process's 300+ MB
+    assert 200 < big["peak_rss_mb"] < 300, big
+    with pytest.raises(RuntimeError, match="status 1:\\nwent wrong"):
+        run_child([sys.executable, "-c", "import sys; sys.exit('went wrong')"])
