@@ -19,7 +19,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from safetensors.torch import load_file
 
 import pretrain.__main__ as pretrain_main
-from pretrain.callbacks.finite_loss import NonFiniteLossError
+from pretrain.callbacks.finite_loss import FiniteLossGuard, NonFiniteLossError
 from pretrain.callbacks.last_checkpoint import LastCheckpoint
 from pretrain.callbacks.random_state import collect, restore
 from pretrain.data import EpochPermutation, TensorBatches
@@ -164,6 +164,47 @@ def test_a_diverging_learning_rate_is_stopped(tmp_path):
     with pytest.raises(NonFiniteLossError, match=r"became (nan|inf).*optimizer.lr, now 1000000.0"):
         pretrain_main.run(cfg, tmp_path)
     assert not (tmp_path / "encoder.safetensors").exists()
+
+
+class _PerImageLoss(L.LightningModule):
+    """Manual optimization, returning a loss per image (not a scalar); one image's is inf at ``bad_step``."""
+
+    def __init__(self, bad_step: int) -> None:
+        super().__init__()
+        self.automatic_optimization = False
+        self.layer = torch.nn.Linear(2, 1)
+        self.bad_step = bad_step
+
+    def training_step(self, batch, batch_idx):
+        losses = self.layer(batch).squeeze(1) ** 2
+        optimizer = self.optimizers()
+        optimizer.zero_grad()
+        self.manual_backward(losses.mean())
+        optimizer.step()
+        if batch_idx == self.bad_step:
+            losses = losses.detach().clone()
+            losses[1] = float("inf")
+        return losses
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.01)
+
+
+def test_the_guard_finds_a_bad_value_anywhere_in_a_non_scalar_loss_and_nothing_else(tmp_path):
+    guard = FiniteLossGuard(every_n_steps=3)
+    trainer = L.Trainer(
+        max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False, callbacks=[guard]
+    )
+    data = torch.utils.data.DataLoader(torch.randn(40, 2), batch_size=4)
+    with pytest.raises(
+        NonFiniteLossError,
+        match=r"became inf at step 4 \(epoch 0\); the run stopped at step 5 .*No checkpoint had been written yet; no",
+    ):
+        trainer.fit(_PerImageLoss(bad_step=4), data)
+    L.Trainer(max_epochs=2, logger=False, enable_checkpointing=False, enable_progress_bar=False, callbacks=[guard]).fit(
+        _PerImageLoss(bad_step=-1), data
+    )  # 20 finite steps: no error, and nothing kept after the last check
+    assert guard._losses == [] and guard._seen == []
 
 
 def test_the_trainer_writes_checkpoints_atomically_and_loads_no_code(tmp_path, monkeypatch):
