@@ -13,6 +13,7 @@ quiet=(trainer.enable_progress_bar=false)
 mkdir -p "$OUT"
 
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
+$PYTHON -c "import torch, lightning; print(f'torch {torch.__version__}, lightning {lightning.__version__}')"
 $PYTHON scripts/bench.py --sections 2 --gpu --json "$OUT/bench.json"
 
 $PYTHON -m pretrain data=fashion_mnist task=supervised backbone=resnet18 trainer=gpu data.batch_size=512 \
