@@ -19,6 +19,7 @@ from pretrain.export import EncoderFile, load_encoder
 from pretrain.files import sha256, write_json
 from pretrain.hydra_ddp import rank_processes_rerun_this_job
 from pretrain.resume import checkpoint_to_resume
+from pretrain.text import printable
 from pretrain.trainer import build_trainer
 from pretrain.validate import check_encoder_fits_data, check_reuse, validate_config
 
@@ -78,7 +79,9 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     }
     if trainer.is_global_zero:
         write_json(run_dir / "results.json", results)
-        source = "from scratch" if pretrained is None else f"from {pretrained.pretext_task} encoder {cfg.encoder}"
+        source = (
+            "from scratch" if pretrained is None else f"from {printable(pretrained.pretext_task)} encoder {cfg.encoder}"
+        )
         print(
             f"test accuracy {results['test_acc']:.4f} ({source}, {info.num_train} labeled images); "
             f"results in {run_dir / 'results.json'}"

@@ -27,6 +27,7 @@ from pretrain.data import DataError
 from pretrain.encoders import EncoderError
 from pretrain.export import EncoderFileError
 from pretrain.resume import resumed_config
+from pretrain.text import printable
 from pretrain.validate import ConfigError
 
 INPUT_ERRORS = (ConfigError, DataError, EncoderError, EncoderFileError)
@@ -55,7 +56,8 @@ def run_command(cfg: DictConfig, run: Callable[[DictConfig, Path], Any]) -> None
             _remove_if_only_hydra_wrote(hydra_dir, before)
         if os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise
-        print(f"error: {error}", file=sys.stderr)
+        message = printable(error, keep="\n")  # messages may quote files: no escape sequence reaches the terminal
+        print(f"error: {message}", file=sys.stderr)
         sys.exit(1 if isinstance(error, NonFiniteLossError) else 2)
 
 

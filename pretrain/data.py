@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import itertools
+import math
 import os
 import warnings
 from collections.abc import Iterator, Sequence
@@ -22,6 +23,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+from pretrain.text import printable
 
 DATA_ENV = "PRETEXT_DATA"
 """Environment variable naming the folder that holds torchvision-layout data sets."""
@@ -83,6 +86,7 @@ def _torchvision_loader(dataset_name: str):
 
         cls = getattr(tvd, dataset_name)
         root = _require_root(root, dataset_name)
+        _check_idx_files(Path(root) / dataset_name / "raw", dataset_name)
         try:
             splits = [cls(root=root, train=train, download=download) for train in (True, False)]
         except RuntimeError as err:
@@ -104,6 +108,52 @@ def _torchvision_loader(dataset_name: str):
         return tuple(ImageSet(s.data.unsqueeze(1).contiguous(), s.targets.long(), classes) for s in splits)
 
     return load
+
+
+def _check_idx_files(raw: Path, dataset_name: str) -> None:
+    """The IDX files of an MNIST-layout data set that are there are whole, or a DataError names
+    the file and what is wrong (torchvision would fail on an assert, or call a cut-short file
+    "not found"). Missing files are torchvision's to report (or download)."""
+    fix = (
+        f"replace it with an intact copy of {dataset_name}/raw/{{name}}, or delete it and set data.download=true "
+        "on a machine with network access"
+    )
+    for split in ("train", "t10k"):
+        counts = {}
+        for kind, dims in (("images", 3), ("labels", 1)):
+            path = raw / f"{split}-{kind}-idx{dims}-ubyte"
+            if path.is_file():
+                counts[kind] = _idx_count(path, dims, f"{dataset_name} {kind}", fix.format(name=path.name))
+        if len(set(counts.values())) > 1:
+            raise DataError(
+                f"{raw}: {split}-images-idx3-ubyte holds {counts['images']} images but {split}-labels-idx1-ubyte holds "
+                f"{counts['labels']} labels: the two files are not of the same data set"
+            )
+
+
+def _idx_count(path: Path, dims: int, what: str, fix: str) -> int:
+    """The number of items in an IDX file of unsigned bytes with ``dims`` dimensions, from its
+    header, after checking its magic number and that its size is what the header says."""
+    with open(path, "rb") as f:
+        header = f.read(4 + 4 * dims)
+    size = path.stat().st_size
+    magic = 0x0800 + dims  # two zero bytes, 0x08 for unsigned bytes, then the number of dimensions
+    if not magic.to_bytes(4, "big").startswith(header[:4]):  # a file cut inside the magic number is truncated
+        raise DataError(
+            f"{path} is not an IDX file of {what}: such a file starts with the magic number 0x{magic:08x}, "
+            f"this one with 0x{header[:4].hex()}: {fix}"
+        )
+    if len(header) < 4 + 4 * dims:
+        raise DataError(f"{path} is truncated: expected at least {4 + 4 * dims} bytes of header, found {size}: {fix}")
+    shape = [int.from_bytes(header[i : i + 4], "big") for i in range(4, len(header), 4)]
+    expected = len(header) + math.prod(shape)
+    if size != expected:
+        state = "is truncated" if size < expected else f"has {size - expected} bytes too many"
+        raise DataError(
+            f"{path} {state}: expected {expected} bytes ({len(header)} of header, "
+            f"{'x'.join(map(str, shape))} of data), found {size}: {fix}"
+        )
+    return shape[0]
 
 
 def _require_root(root: str | None, what: str) -> str:
@@ -132,22 +182,25 @@ def _load_folder(
 
 
 def _read_image_folder(folder: Path, image_size: Sequence[int] | None, grayscale: bool, on_bad_file: str) -> ImageSet:
-    from PIL import Image, UnidentifiedImageError
     from torchvision.datasets import ImageFolder
-    from torchvision.transforms.v2.functional import pil_to_tensor, resize
+    from torchvision.transforms.v2.functional import resize
 
     if on_bad_file not in ("error", "skip"):
         raise DataError(f"data.on_bad_file must be 'error' or 'skip', not {on_bad_file!r}")
-    # Any extension: a non-image file is then a bad file to report, not one silently passed over.
-    index = ImageFolder(str(folder), is_valid_file=lambda p: not Path(p).name.startswith("."))
+    try:
+        # Any extension: a non-image file is then a bad file to report, not one silently passed over.
+        index = ImageFolder(str(folder), is_valid_file=lambda p: not Path(p).name.startswith("."))
+    except FileNotFoundError as err:  # no class folders, or an empty one
+        raise DataError(
+            f"no images to read in {printable(folder)}: {printable(str(err).strip())} Put the images of each class "
+            f"in a subfolder of their own ({printable(folder / 'CLASS' / 'IMAGE')}), and no empty class folder."
+        ) from None
     images, labels, bad = [], [], []
     for path, label in index.samples:
         try:
-            with Image.open(path) as im:
-                im = im.convert("L" if grayscale else "RGB")
-                tensor = pil_to_tensor(im)
-        except (UnidentifiedImageError, OSError) as err:
-            bad.append(f"{path} ({err.__class__.__name__})")
+            tensor = _read_image(path, "L" if grayscale else "RGB")
+        except DataError as err:
+            bad.append(str(err))
             continue
         if image_size is not None:
             tensor = resize(tensor, list(image_size), antialias=True)
@@ -157,16 +210,38 @@ def _read_image_folder(folder: Path, image_size: Sequence[int] | None, grayscale
         listing = "\n  ".join(bad)
         if on_bad_file == "error":
             raise DataError(
-                f"{len(bad)} unreadable file(s) in {folder}:\n  {listing}\n"
+                f"{len(bad)} unreadable file(s) in {printable(folder)}:\n  {listing}\n"
                 "Remove them, or set data.on_bad_file=skip to skip them with a warning."
             )
-        warnings.warn(f"skipped {len(bad)} unreadable file(s) in {folder}:\n  {listing}", stacklevel=2)
+        warnings.warn(f"skipped {len(bad)} unreadable file(s) in {printable(folder)}:\n  {listing}", stacklevel=2)
     if not images:
-        raise DataError(f"no readable images in {folder}: expected one subfolder of images per class")
+        raise DataError(f"no readable images in {printable(folder)}: expected one subfolder of images per class")
     shapes = {tuple(t.shape) for t in images}
     if len(shapes) > 1:
-        raise DataError(f"images in {folder} differ in size ({sorted(shapes)[:3]}...): set data.image_size=[H,W]")
+        raise DataError(
+            f"images in {printable(folder)} differ in size ({sorted(shapes)[:3]}...): set data.image_size=[H,W]"
+        )
     return ImageSet(torch.stack(images), torch.tensor(labels, dtype=torch.long), tuple(index.classes))
+
+
+def _read_image(path: str | Path, mode: str) -> Tensor:
+    """An image file as a (C, H, W) uint8 tensor in PIL ``mode``, or a DataError that names the
+    file and says what is wrong with it."""
+    from PIL import Image, UnidentifiedImageError
+    from torchvision.transforms.v2.functional import pil_to_tensor
+
+    try:
+        with warnings.catch_warnings():
+            # PIL refuses more than twice Image.MAX_IMAGE_PIXELS and only warns above it: refuse both.
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as im:
+                return pil_to_tensor(im.convert(mode))
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
+        raise DataError(f"{printable(path)} (too large to decode safely: {err})") from None
+    except UnidentifiedImageError:
+        raise DataError(f"{printable(path)} (not an image file PIL can read)") from None
+    except (OSError, SyntaxError, ValueError) as err:  # what PIL raises for a damaged image
+        raise DataError(f"{printable(path)} ({type(err).__name__}: {printable(err)})") from None
 
 
 def _load_faces(root: str | None, image_size: Sequence[int] | None) -> tuple[ImageSet, ImageSet]:
@@ -175,8 +250,7 @@ def _load_faces(root: str | None, image_size: Sequence[int] | None) -> tuple[Ima
     The set has no official test split (the second ImageSet is empty): hold out people with
     ``split_by=class``, or test on the images a label budget leaves over with ``test_split=rest``.
     """
-    from PIL import Image
-    from torchvision.transforms.v2.functional import pil_to_tensor, resize
+    from torchvision.transforms.v2.functional import resize
 
     folder = Path(_require_root(root, "data=faces"))
     if (folder / "att_faces").is_dir():
@@ -195,8 +269,10 @@ def _load_faces(root: str | None, image_size: Sequence[int] | None) -> tuple[Ima
         if not files:
             raise DataError(f"face folder {person} holds no .pgm images")
         for file in files:
-            with Image.open(file) as im:
-                tensor = pil_to_tensor(im.convert("L"))
+            try:
+                tensor = _read_image(file, "L")
+            except DataError as err:
+                raise DataError(f"unreadable face image {err}: replace or remove it") from None
             if image_size is not None:
                 tensor = resize(tensor, list(image_size), antialias=True)
             images.append(tensor)
@@ -425,15 +501,8 @@ class EpochPairs(EpochPermutation):
         self, labels: Tensor, per_image: int, shuffle: bool, seed: int = 0, rank: int = 0, world_size: int = 1
     ) -> None:
         labels = labels.cpu()
+        self.check(labels, per_image)
         counts = torch.bincount(labels)
-        present = counts[counts > 0]
-        if len(present) < 2 or int(present.min()) < 2:
-            raise DataError(
-                f"pairs need at least 2 classes (identities) with at least 2 images each; this split has "
-                f"{len(present)} class(es) with {present.tolist()} images: adjust data.classes or data.val_size"
-            )
-        if per_image < 1:
-            raise DataError(f"data.pairs_per_image must be at least 1, not {per_image}")
         super().__init__(len(labels) * per_image, True, seed, rank, world_size)
         self.draw_per_epoch = shuffle
         self.labels, self.counts = labels, counts
@@ -441,6 +510,19 @@ class EpochPairs(EpochPermutation):
         self.starts = torch.cumsum(counts, 0) - counts  # where each class begins in by_class
         self.position = torch.empty_like(self.by_class)
         self.position[self.by_class] = torch.arange(len(labels))
+
+    @staticmethod
+    def check(labels: Tensor, per_image: int, split: str = "this split") -> None:
+        """Pairs can be drawn from ``labels``, ``per_image`` per image, or a DataError says why not."""
+        counts = torch.bincount(labels.cpu())
+        present = counts[counts > 0]
+        if len(present) < 2 or int(present.min()) < 2:
+            raise DataError(
+                f"pairs need at least 2 classes (identities) with at least 2 images each; {split} has "
+                f"{len(present)} class(es) with {present.tolist()} images: adjust data.classes or data.val_size"
+            )
+        if per_image < 1:
+            raise DataError(f"data.pairs_per_image must be at least 1, not {per_image}")
 
     def set_epoch(self, epoch: int) -> None:
         if self.draw_per_epoch:  # evaluation pairs stay those of epoch 0
@@ -523,6 +605,33 @@ def denormalize(images: Tensor, mean: Sequence[float], std: Sequence[float]) -> 
     return (images * s + m).clamp(0, 1)
 
 
+def value_problems(
+    image_size: Sequence[int] | None = None,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+    val_size: float = 0,
+    max_shift: int = 0,
+    pairs_per_image: int = 1,
+) -> list[str]:
+    """What is wrong with the values of these ``ImageDataModule`` arguments (of the right types),
+    one line each: checked at construction, and with the rest of the config by ``validate_config``."""
+    problems = []
+    if image_size is not None and (len(image_size) != 2 or not all(side >= 1 for side in image_size)):
+        problems.append(f"data.image_size={list(image_size)} must be [height, width], both at least 1 pixel")
+    for key, values in (("mean", mean), ("std", std)):
+        if values is not None and not all(math.isfinite(v) for v in values):
+            problems.append(f"data.{key}={list(values)} must be finite numbers, one per channel")
+        elif key == "std" and values is not None and not all(v > 0 for v in values):
+            problems.append(f"data.std={list(values)} must be positive: each channel is divided by it (null: measured)")
+    if not (0 <= val_size < 1 or (val_size >= 1 and float(val_size).is_integer())):
+        problems.append(f"data.val_size={val_size} must be a whole count >= 0 or a fraction in [0, 1), e.g. 0.1")
+    if max_shift < 0:
+        problems.append(f"data.max_shift={max_shift} must be >= 0 pixels")
+    if pairs_per_image < 1:
+        problems.append(f"data.pairs_per_image={pairs_per_image} must be at least 1, e.g. data.pairs_per_image=1")
+    return problems
+
+
 class ImageDataModule(L.LightningDataModule):
     """Train/val/test splits of one data set, with class selection and a label budget.
 
@@ -571,6 +680,8 @@ class ImageDataModule(L.LightningDataModule):
         ):
             if value not in allowed:
                 raise DataError(f"data.{option} must be one of {allowed}, not {value!r}")
+        if problems := value_problems(image_size, mean, std, val_size, max_shift, pairs_per_image):
+            raise DataError("; ".join(problems))
         self.split_by, self.test_split = split_by, test_split
         self.batches, self.pairs_per_image = batches, pairs_per_image
         self.name, self.root, self.download = name, root, download
@@ -624,6 +735,7 @@ class ImageDataModule(L.LightningDataModule):
         mean, std = channel_stats(measured) if self.mean is None or self.std is None else (None, None)
         mean, std = self.mean if self.mean is not None else mean, self.std if self.std is not None else std
         self.train_set, self.val_set, self.test_set = train.subset(pool), train.subset(val), test
+        self._check_batches(tuple(train.images.shape[-2:]))
         self.info = DataInfo(
             name=self.name,
             input_shape=tuple(train.images.shape[1:]),
@@ -637,6 +749,19 @@ class ImageDataModule(L.LightningDataModule):
                 f"normalization has {len(self.info.mean)} mean / {len(self.info.std)} std values but the "
                 f"images have {self.info.input_shape[0]} channel(s)"
             )
+
+    def _check_batches(self, image_side: tuple[int, int]) -> None:
+        """The values that only the data can judge, judged before a trainer exists (whose loggers write files
+        before it asks for the loaders): the shift against the image size, and whether each split makes pairs."""
+        if self.max_shift >= min(image_side):
+            raise DataError(
+                f"data.max_shift={self.max_shift} would shift images of {image_side[0]}x{image_side[1]} pixels out "
+                f"of view: use less than {min(image_side)}"
+            )
+        if self.batches == "pairs":
+            EpochPairs.check(self.train_set.labels, self.pairs_per_image, "the training split")
+            if len(self.val_set.labels):
+                EpochPairs.check(self.val_set.labels, self.pairs_per_image, "the validation split")
 
     def _kept_classes(self, available: tuple[str, ...]) -> list[int] | None:
         if self.classes is None and not self.exclude_classes:
@@ -653,8 +778,6 @@ class ImageDataModule(L.LightningDataModule):
         return keep
 
     def _val_count(self, pool_size: int, unit: str) -> int:
-        if self.val_size < 0:
-            raise DataError(f"data.val_size must be >= 0, not {self.val_size}")
         count = round(self.val_size * pool_size) if 0 < self.val_size < 1 else int(self.val_size)
         if count >= pool_size:
             raise DataError(f"data.val_size={self.val_size} leaves no training {unit} out of {pool_size}")

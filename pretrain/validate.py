@@ -11,8 +11,9 @@ without a schema to keep in sync:
   have a ``_target_`` of its own;
 - ``backbone`` is checked the same way against its architecture's builder in
   ``encoders.BACKBONES``; other plain nodes against the keys and value types of the file;
-- a short table of value rules (positive learning rate, batch size, epochs, ...) and the
-  cross-checks a signature cannot express (unfreeze epoch before the last epoch);
+- a short table of value rules (positive learning rate, batch size, epochs, ...), the data
+  module's own value checks (``data.value_problems``), and the cross-checks a signature cannot
+  express (unfreeze epoch before the last epoch);
 - the optimizer is built once on a dummy parameter, so torch's own argument checks run now.
 
 Checks that need the data or the encoder file (label budget, class names, input shape,
@@ -25,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import difflib
 import inspect
+import math
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -38,7 +40,7 @@ from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 
-from pretrain.data import DATA_SETS, ImageDataModule
+from pretrain.data import DATA_SETS, ImageDataModule, value_problems
 from pretrain.encoders import BACKBONES, Encoder
 from pretrain.faults import FaultTolerance
 from pretrain.tasks.base import PretextTask
@@ -86,12 +88,11 @@ def _non_negative(v: Any) -> bool:
 
 RULES: list[tuple[str, Callable[[Any], bool], str]] = [
     ("seed", lambda v: 0 <= v < 2**32, "must be in 0..2**32-1 (Lightning would silently pick a random seed)"),
-    ("optimizer.lr", _positive, "must be positive, e.g. optimizer.lr=0.001"),
+    ("optimizer.lr", lambda v: 0 < v < math.inf, "must be positive and finite, e.g. optimizer.lr=0.001"),
+    ("trainer.gradient_clip_val", lambda v: 0 <= v < math.inf, "must be >= 0 and finite, or null: no clipping"),
     ("data.batch_size", _at_least_one, "must be at least 1, e.g. data.batch_size=64"),
     ("data.eval_batch_size", _at_least_one, "must be at least 1, e.g. data.eval_batch_size=1024"),
     ("data.label_budget", _at_least_one, "must be at least 1 (one image per class at the very least), or null: all"),
-    ("data.val_size", _non_negative, "must be a count >= 0 or a fraction in [0, 1)"),
-    ("data.max_shift", _non_negative, "must be >= 0 pixels"),
     ("trainer.max_epochs", _at_least_one, "must be at least 1, e.g. trainer.max_epochs=10"),
     ("faults.checkpoint_every_n_steps", _at_least_one, "must be at least 1, or null: at epoch ends only"),
     ("faults.check_finite_every_n_steps", _at_least_one, "must be at least 1"),
@@ -173,6 +174,7 @@ def _check_target(path: str, node: dict[str, Any], problems: list[str]) -> None:
     params = parameter_types(obj)
     takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
     names = [n for n, p in params.items() if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+    found_before = len(problems)
     for key, value in node.items():
         if key.startswith("_") and key.endswith("_"):  # Hydra's own keys: _target_, _partial_, ...
             continue
@@ -191,9 +193,12 @@ def _check_target(path: str, node: dict[str, Any], problems: list[str]) -> None:
             continue  # ours, not Lightning's: pretrain.trainer.resolve_precision picks the real one
         elif not fits(value, params[key].annotation):
             problems.append(f"{path}.{key}={value!r} must be {describe(params[key].annotation)}")
-    if isinstance(obj, type) and issubclass(obj, ImageDataModule) and isinstance(node.get("name"), str):
+    if isinstance(obj, type) and issubclass(obj, ImageDataModule):
+        if len(problems) == found_before:  # every value of its type: judge the values, as the module will
+            checked = inspect.signature(value_problems).parameters
+            problems.extend(value_problems(**{k: v for k, v in node.items() if k in checked}))
         known = DATA_SETS
-        if node["name"] not in known:
+        if isinstance(node.get("name"), str) and node["name"] not in known:
             problems.append(f"data.name={node['name']!r} is not a data set{_did_you_mean(node['name'], known)}")
 
 

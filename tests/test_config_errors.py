@@ -49,6 +49,17 @@ BAD_CONFIGS = [
     ("finetune", ["schedule.unfreeze_epoch=abc"], r"schedule.unfreeze_epoch='abc' must be int"),
     ("pretrain", ["optimizer.lr=0"], r"optimizer.lr=0 must be positive"),
     ("pretrain", ["optimizer.lr=-0.1"], r"optimizer.lr=-0.1 must be positive"),
+    ("pretrain", ["optimizer.lr=inf"], r"optimizer.lr=inf must be positive and finite"),
+    ("finetune", ["optimizer.lr=nan"], r"optimizer.lr=nan must be positive and finite"),
+    ("pretrain", ["trainer.gradient_clip_val=-1"], r"trainer.gradient_clip_val=-1 must be >= 0 and finite, or null"),
+    ("finetune", ["trainer.gradient_clip_val=inf"], r"trainer.gradient_clip_val=inf must be >= 0 and finite"),
+    ("pretrain", ["data.val_size=1.5"], r"data.val_size=1.5 must be a whole count >= 0 or a fraction in \[0, 1\)"),
+    ("pretrain", ["task=siamese", "data.pairs_per_image=0"], r"data.pairs_per_image=0 must be at least 1"),
+    ("pretrain", ["data=folder", "data.root=/x", "data.image_size=[0,0]"], r"data.image_size=\[0, 0\] must be \["),
+    ("pretrain", ["data=faces", "data.image_size=[-4,40]"], r"data.image_size=\[-4, 40\] must be"),
+    ("pretrain", ["data.std=[0]"], r"data.std=\[0\] must be positive"),
+    ("pretrain", ["data.std=[-1]"], r"data.std=\[-1\] must be positive"),
+    ("pretrain", ["data.mean=[nan]"], r"data.mean=\[nan\] must be finite numbers"),
     ("pretrain", ["data.batch_size=0"], r"data.batch_size=0 must be at least 1"),
     ("pretrain", ["data.batch_size=-5"], r"data.batch_size=-5 must be at least 1"),
     ("pretrain", ["trainer.max_epochs=0"], r"trainer.max_epochs=0 must be at least 1"),
@@ -126,6 +137,8 @@ def test_the_shipped_configs_are_valid():
         (["trainer.gradient_clip_algorithm=sideways"], ConfigError, r"trainer: .*gradient_clip_algorithm"),
         (["trainer.devices=0"], ConfigError, r"trainer: .*devices"),
         (["resume=ROOT"], ConfigError, r"resume=ROOT: ROOT/checkpoints/last.ckpt does not exist"),
+        (["data.max_shift=1000"], DataError, r"data.max_shift=1000 would shift images of 8x8 pixels out of view"),
+        (["task=siamese", "data.classes=[3]"], DataError, r"pairs need .* the training split has 1 class"),
     ],
 )
 def test_pretraining_refuses_bad_data_and_setup_before_training(tmp_path, overrides, error, message):
@@ -283,3 +296,60 @@ def test_omegaconf_round_trip_of_the_saved_config_is_valid(tmp_path):
     saved = tmp_path / "config.yaml"
     OmegaConf.save(make_config("pretrain", ["optimizer=sgd"]), saved)
     validate_config(OmegaConf.load(saved), "pretrain")
+
+
+@pytest.mark.parametrize(
+    "overrides,message",
+    [
+        (["data.std=[-1]"], "error: invalid configuration:\n  data.std=[-1] must be positive"),
+        # The loaders would find it, after Lightning's loggers wrote their files: the data module's setup does.
+        (["task=siamese", "data.classes=[3]"], "error: pairs need at least 2 classes (identities)"),
+    ],
+)
+def test_an_input_error_before_training_leaves_no_folder(tmp_path, monkeypatch, capsys, overrides, message):
+    monkeypatch.chdir(tmp_path)
+    cfg, _ = hydra_run(tmp_path, "pretrain", [*overrides, "trainer.max_epochs=1", *QUIET])
+    with pytest.raises(SystemExit) as exit_:
+        run_command(cfg, pretrain_main.run)
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and err.startswith(message) and "Traceback" not in err
+    assert not (tmp_path / "outputs").exists()
+
+
+def test_an_error_quoting_a_file_prints_its_control_characters_escaped(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    cfg, _ = hydra_run(tmp_path, "pretrain", [])
+
+    def run(cfg, run_dir):
+        raise DataError("class '\x1b[2J\x1b[31mred' in:\n  file.json")
+
+    with pytest.raises(SystemExit):
+        run_command(cfg, run)
+    assert capsys.readouterr().err == "error: class '\\x1b[2J\\x1b[31mred' in:\n  file.json\n"
+
+
+@pytest.mark.slow
+def test_command_line_siamese_without_pairs_leaves_nothing(tmp_path):
+    out = subprocess.run(
+        [sys.executable, "-m", "pretrain", "task=siamese", "data.pairs_per_image=0"],
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        capture_output=True,
+        text=True,
+    )
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert out.stderr.endswith(
+        "error: invalid configuration:\n  data.pairs_per_image=0 must be at least 1, e.g. data.pairs_per_image=1\n"
+    )
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.slow
+def test_finetuning_prints_the_encoders_task_name_escaped(tmp_path, capsys):
+    encoder = build_encoder("mlp", (1, 8, 8), widths=[8])
+    path = tmp_path / "e.safetensors"
+    save_encoder(path, encoder, mean=[0.5], std=[0.25], pretext={"task": "\x1b[2Jauto\nencoder"}, data={"name": "d"})
+    limits = ["+trainer.limit_train_batches=1", "+trainer.limit_val_batches=1", "+trainer.limit_test_batches=1"]
+    overrides = [f"encoder={path}", "trainer.max_epochs=1", "schedule.unfreeze_epoch=null", *limits, *QUIET]
+    finetune_main.run(make_config("finetune", overrides), tmp_path / "run")
+    assert f"(from \\x1b[2Jauto\\nencoder encoder {path}, " in capsys.readouterr().out

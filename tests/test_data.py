@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -158,3 +160,161 @@ def test_augmentation_shifts_and_flips_per_image():
     positions = {tuple(torch.nonzero(img[0]).flatten().tolist()) for img in out}
     assert len(positions) > 5  # images moved independently
     assert out.sum(dim=(1, 2, 3)).max() <= 255
+
+
+# --- bad files and values: one DataError that names the file or value --------------------------
+
+IDX_FILES = {"train-images-idx3-ubyte": (6, 4, 4), "train-labels-idx1-ubyte": (6,)}
+IDX_FILES |= {"t10k-images-idx3-ubyte": (2, 4, 4), "t10k-labels-idx1-ubyte": (2,)}
+
+
+def write_idx(raw, name: str, shape: tuple[int, ...], magic: int | None = None, cut: int = 0) -> None:
+    """An IDX file of unsigned bytes (labels 0..5), optionally with another magic number or cut short."""
+    header = (magic or 0x0800 + len(shape)).to_bytes(4, "big") + b"".join(d.to_bytes(4, "big") for d in shape)
+    data = header + bytes(i % 6 for i in range(math.prod(shape)))
+    (raw / name).write_bytes(data[: len(data) - cut])
+
+
+def mnist_folder(tmp_path, **change) -> str:
+    raw = tmp_path / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    for name, shape in IDX_FILES.items():
+        write_idx(raw, name, **{"shape": shape, **change.get(name, {})})
+    load_source.cache_clear()
+    return str(tmp_path)
+
+
+def test_intact_idx_files_load(tmp_path):
+    train, test = load_source("mnist", mnist_folder(tmp_path))
+    assert train.images.shape == (6, 1, 4, 4) and len(test.labels) == 2
+
+
+@pytest.mark.parametrize(
+    "name,change,message",
+    [
+        (
+            "train-labels-idx1-ubyte",
+            {"magic": 0x0803},
+            r"train-labels-idx1-ubyte is not an IDX file of MNIST labels: .*magic number 0x00000801, "
+            r"this one with 0x00000803: replace it",
+        ),
+        ("t10k-images-idx3-ubyte", {"magic": 0x12345678}, r"t10k-images-idx3-ubyte is not an IDX file of MNIST images"),
+        (
+            "t10k-images-idx3-ubyte",
+            {"cut": 5},
+            r"t10k-images-idx3-ubyte is truncated: expected 48 bytes \(16 of header, 2x4x4 of data\), found 43",
+        ),
+        ("train-labels-idx1-ubyte", {"cut": 12}, r"train-labels-idx1-ubyte is truncated: expected at least 8 bytes"),
+        (
+            "train-labels-idx1-ubyte",
+            {"cut": 14},
+            r"train-labels-idx1-ubyte is truncated: .* 8 bytes of header, found 0",
+        ),
+        ("train-labels-idx1-ubyte", {"shape": (5,)}, r"holds 6 images but train-labels-idx1-ubyte holds 5 labels"),
+    ],
+)
+def test_damaged_idx_files_are_named_with_what_is_wrong(tmp_path, name, change, message):
+    root = mnist_folder(tmp_path, **{name: change})
+    with pytest.raises(DataError, match=message) as err:
+        load_source("mnist", root)
+    assert str(tmp_path / "MNIST" / "raw") in str(err.value)
+
+
+def class_folders(root, classes=("cat", "dog"), per_class=3, size=(6, 5)) -> None:
+    from PIL import Image
+
+    for c in classes:
+        (root / c).mkdir(parents=True)
+        for i in range(per_class):
+            Image.new("L", size, color=40 * i).save(root / c / f"{i}.png")
+
+
+def test_a_folder_without_class_folders_or_with_an_empty_one(tmp_path):
+    (tmp_path / "a.png").write_bytes(b"")
+    with pytest.raises(DataError, match=r"no images to read in .*: Couldn't find any class folder.*CLASS/IMAGE"):
+        load_source("folder", str(tmp_path))
+    class_folders(tmp_path)
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / ".DS_Store").write_bytes(b"")
+    with pytest.raises(DataError, match=r"no images to read in .*: Found no valid file for the classes empty\."):
+        load_source("folder", str(tmp_path))
+
+
+def huge_png(path, width: int, height: int) -> None:
+    """A PNG that says it is width x height: a tiny one with its header's size (and CRC) rewritten."""
+    import io
+    import struct
+    import zlib
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("L", (4, 4)).save(buffer, "PNG")
+    data = bytearray(buffer.getvalue())
+    data[16:24] = struct.pack(">II", width, height)  # IHDR's data starts at byte 16, after its type at 12
+    data[29:33] = struct.pack(">I", zlib.crc32(bytes(data[12:29])))
+    path.write_bytes(bytes(data))
+
+
+def test_a_decompression_bomb_is_a_bad_file(tmp_path):
+    class_folders(tmp_path)
+    huge_png(tmp_path / "dog" / "bomb.png", 20000, 20000)
+    with pytest.raises(DataError, match=r"(?s)1 unreadable file.*bomb.png \(too large to decode safely: .*400000000"):
+        load_source("folder", str(tmp_path), image_size=(4, 4))
+    load_source.cache_clear()
+    with pytest.warns(UserWarning, match="bomb.png"):
+        train, test = load_source("folder", str(tmp_path), image_size=(4, 4), on_bad_file="skip")
+    assert len(train.labels) + len(test.labels) == 6
+
+
+def test_an_image_over_pils_warning_limit_is_refused_too(tmp_path, monkeypatch):
+    from PIL import Image
+
+    class_folders(tmp_path, size=(6, 5))  # 30 pixels: over the limit, and under twice the limit (a warning)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 20)
+    with pytest.raises(DataError, match=r"(?s)6 unreadable file.*0.png \(too large to decode safely: .*30 pixels"):
+        load_source("folder", str(tmp_path))
+
+
+def test_an_unreadable_face_image_is_named(tmp_path):
+    (tmp_path / "s1").mkdir()
+    (tmp_path / "s1" / "1.pgm").write_bytes(b"junk")
+    with pytest.raises(DataError, match=r"unreadable face image .*s1/1.pgm \(not an image file PIL can read\)"):
+        load_source("faces", str(tmp_path))
+
+
+def test_file_names_are_listed_without_their_control_characters(tmp_path):
+    class_folders(tmp_path)
+    (tmp_path / "cat" / "\x1b[2Jx\ny.png").write_bytes(b"junk")
+    with pytest.raises(DataError) as err:
+        load_source("folder", str(tmp_path))
+    assert "cat/\\x1b[2Jx\\ny.png (not an image file" in str(err.value) and "\x1b" not in str(err.value)
+
+
+@pytest.mark.parametrize(
+    "kw,message",
+    [
+        ({"image_size": [0, 0]}, r"data.image_size=\[0, 0\] must be \[height, width\], both at least 1 pixel"),
+        ({"image_size": [8]}, r"data.image_size=\[8\] must be \[height, width\]"),
+        ({"std": [0]}, r"data.std=\[0\] must be positive"),
+        ({"std": [-1.0]}, r"data.std=\[-1.0\] must be positive"),
+        ({"mean": [math.inf]}, r"data.mean=\[inf\] must be finite numbers"),
+        ({"val_size": 1.5}, r"data.val_size=1.5 must be a whole count >= 0 or a fraction in \[0, 1\), e.g. 0.1$"),
+        ({"val_size": -1}, r"data.val_size=-1 must be"),
+        ({"max_shift": 1000}, r"data.max_shift=1000 would shift images of 8x8 pixels out of view: use less than 8"),
+        ({"max_shift": -1}, r"data.max_shift=-1 must be >= 0"),
+        ({"batches": "pairs", "pairs_per_image": 0}, r"data.pairs_per_image=0 must be at least 1"),
+        ({"batches": "pairs", "classes": [3]}, r"pairs need at least 2 classes .*the training split has 1 class"),
+        (
+            {"batches": "pairs", "split_by": "class", "val_size": 1},
+            r"pairs need at least 2 classes .*the validation split has 1 class",
+        ),
+    ],
+)
+def test_unusable_values_are_refused_before_any_loader_is_made(kw, message):
+    with pytest.raises(DataError, match=message):
+        setup(**kw)
+
+
+def test_a_whole_val_size_is_a_count():
+    assert len(setup(val_size=20.0).val_set.labels) == 20
