@@ -37,6 +37,7 @@ import numpy as np
 from scipy import stats
 
 from pretrain.files import atomic_write, write_text
+from pretrain.text import markdown_text, printable
 
 RUN_SPECIFIC = (
     "seed",
@@ -54,6 +55,8 @@ ENCODER_KEYS = ("encoder", "backbone", "reuse_blocks")
 """Replaced by the results' ``encoder_sha256`` and ``architecture``."""
 
 REQUIRED = ("kind", "seed", "config", "architecture", "encoder_sha256")
+NOT_METRICS = ("seed", "label_budget", "reused_blocks")
+"""Numbers in a results file that describe the run, not its result."""
 CONFIDENCE = 0.95
 
 
@@ -132,8 +135,12 @@ def find_results(paths: Sequence[str | Path]) -> tuple[list[Path], list[str]]:
 
 def read_runs(files: Sequence[Path], metric: str, ignore: Sequence[str] = ()) -> tuple[list[Run], list[str], int]:
     """Fine-tuning runs from results files, a problem line per unreadable file, and the number
-    of other (pretraining) results skipped."""
+    of other (pretraining) results skipped. A metric that no results file has is a ReportError
+    that lists the metrics they do have."""
     runs, problems, skipped = [], [], 0
+    lacking: list[Path] = []  # fine-tuning results without the metric
+    metrics: set[str] = set()  # the metrics those have instead
+    known = False  # whether any results file has the metric
     for path in files:
         try:
             results = json.loads(path.read_text())
@@ -142,13 +149,17 @@ def read_runs(files: Sequence[Path], metric: str, ignore: Sequence[str] = ()) ->
             if results.get("kind") == "pretrain":
                 skipped += 1
                 continue
-            missing = [k for k in (*REQUIRED, metric) if k not in results]
+            missing = [k for k in REQUIRED if k not in results]
             if missing:
                 raise ValueError(f"no {', '.join(missing)}")
             if results["kind"] != "finetune":
                 raise ValueError(f"kind is {results['kind']!r}, not 'finetune'")
-            value = results[metric]
-            if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+            if metric not in results:
+                lacking.append(path)
+                metrics.update(k for k, v in results.items() if _is_number(v) and k not in NOT_METRICS)
+                continue
+            known, value = True, results[metric]
+            if not _is_number(value) or not math.isfinite(value):
                 raise ValueError(f"{metric} is {value!r}, not a finite number")
             runs.append(
                 Run(
@@ -163,7 +174,15 @@ def read_runs(files: Sequence[Path], metric: str, ignore: Sequence[str] = ()) ->
             )
         except (OSError, ValueError, TypeError, KeyError, AttributeError) as err:  # JSONDecodeError is a ValueError
             problems.append(f"{path}: corrupt ({err})")
+    if lacking and not known:
+        have = ", ".join(printable(m) for m in sorted(metrics)) or "no metric"
+        raise ReportError(f"unknown metric {metric!r}: the results have {have}; choose one with --metric")
+    problems += [f"{path}: no {metric} in it" for path in lacking]
     return runs, problems, skipped
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 # --- statistics ------------------------------------------------------------------------------
@@ -306,7 +325,7 @@ def build_report(runs: Sequence[Run], metric: str, min_seeds: int = 5, problems:
     """Group runs into configurations, summarize them, and pair each pretrained configuration
     with the from-scratch configuration of the same settings and architecture."""
     if not runs:
-        raise ReportError("no fine-tuning results to report" + "".join(f"\n  {p}" for p in problems))
+        raise ReportError("no fine-tuning results to report" + "".join(f"\n  {printable(p)}" for p in problems))
     groups: dict[tuple, list[Run]] = defaultdict(list)
     for r in runs:
         groups[r.key].append(r)
@@ -397,7 +416,7 @@ def markdown(report: Report) -> str:
         else:
             p = "n/a" if math.isnan(c.p_value) else f"{c.p_value:.3g}"
             comparison = [_fmt(c.diff.mean, m, True), _interval(c.diff, m, True), p, str(c.diff.n)]
-        row = [c.label, str(len(c.runs)), _fmt(s.mean, m), _fmt(s.std, m), _interval(s, m), *comparison]
+        row = [markdown_text(c.label), str(len(c.runs)), _fmt(s.mean, m), _fmt(s.std, m), _interval(s, m), *comparison]
         lines.append("| " + " | ".join(row) + " |")
     lines += ["", f"Metric: `{m}`; 95% confidence intervals of the mean (Student's t); p-values are two-sided,"]
     lines += ["per comparison, not corrected for multiple comparisons."]
@@ -409,11 +428,18 @@ def markdown(report: Report) -> str:
         lines.append("| --- |" + " ---: |" * len(seeds))
         for c in paired:
             per_seed = dict(zip(c.seeds, c.diffs, strict=True))
-            lines.append(f"| {c.label} | " + " | ".join(_fmt(per_seed.get(s), m, True) for s in seeds) + " |")
+            lines.append(
+                f"| {markdown_text(c.label)} | " + " | ".join(_fmt(per_seed.get(s), m, True) for s in seeds) + " |"
+            )
     if report.warnings:
-        lines += ["", "Warnings:", "", *(f"- {w}" for w in report.warnings)]
+        lines += ["", "Warnings:", "", *(f"- {markdown_text(w)}" for w in report.warnings)]
     if report.problems:
-        lines += ["", "Not included (missing or corrupt results):", "", *(f"- {p}" for p in report.problems)]
+        lines += [
+            "",
+            "Not included (missing or corrupt results):",
+            "",
+            *(f"- {markdown_text(p)}" for p in report.problems),
+        ]
     return "\n".join(lines) + "\n"
 
 
@@ -487,7 +513,8 @@ def plot(report: Report, path: Path) -> None:
                 color="black",
                 capsize=4,
             )
-    ax.set_xticks(range(len(configs)), [c.label for c in configs], rotation=20, ha="right", fontsize=8)
+    labels = [printable(c.label).replace("$", r"\$") for c in configs]  # a $ would start matplotlib's mathtext
+    ax.set_xticks(range(len(configs)), labels, rotation=20, ha="right", fontsize=8)
     ax.set_ylabel(f"{report.metric}{' (%)' if scale == 100 else ''}")
     ax.set_title("one point per seed; black: mean and 95% CI", fontsize=9)
     ax.grid(axis="y", alpha=0.3)
@@ -540,7 +567,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         report = make_report(args.paths, args.metric, args.min_seeds, args.ignore)
     except ReportError as err:
         print(f"error: {err}", file=sys.stderr)
-        return 1
+        return 2
     first = Path(args.paths[0])
     out = args.out or (first if first.is_dir() else first.parent)
     text = markdown(report)
@@ -549,7 +576,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if report.skipped:
         print(f"({report.skipped} pretraining result(s) skipped)")
     for problem in report.problems:
-        print(f"warning: not included: {problem}", file=sys.stderr)
+        print(f"warning: not included: {printable(problem)}", file=sys.stderr)
     print("report written to " + ", ".join(str(p) for p in written.values()))
     return 0
 

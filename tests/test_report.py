@@ -194,7 +194,7 @@ def test_command_writes_markdown_csv_and_plot(tmp_path, capsys):
     assert len(per_run) == 6 and {r["seed"] for r in per_run} == {"0", "1", "2"}
     assert not list(out.glob(".*.tmp"))  # written atomically
 
-    assert rp.main([str(tmp_path / "empty")]) == 1
+    assert rp.main([str(tmp_path / "empty")]) == 2  # bad input, as everywhere
     assert "no fine-tuning results" in capsys.readouterr().err
 
 
@@ -204,3 +204,39 @@ def test_duplicate_seeds_count_once(tmp_path):
     c = report.configurations[0]
     assert c.by_seed == {0: pytest.approx(0.85), 1: 0.7} and c.summary.n == 2
     assert any("seed 0 was run 2 times" in w for w in report.warnings)
+
+
+def test_an_unknown_metric_is_one_error_that_lists_the_metrics(tmp_path, capsys):
+    sweep = study(tmp_path)
+    assert rp.main([str(sweep), "--metric", "f1"]) == 2
+    captured = capsys.readouterr()
+    assert (
+        captured.err == "error: unknown metric 'f1': the results have test_acc, test_loss; choose one with --metric\n"
+    )
+    assert captured.out == "" and not list(sweep.glob("report.*"))
+    # A metric that some results have: the others are left out, each named.
+    write_json(sweep / "0" / "results.json", {**results(0, 0.8), "f1": 0.7})
+    write_json(sweep / "1" / "results.json", {**results(1, 0.8), "f1": 0.75})
+    report = rp.make_report([sweep], "f1")
+    assert [len(c.runs) for c in report.configurations] == [2]
+    assert f"{sweep / '2' / 'results.json'}: no f1 in it" in report.problems and len(report.problems) == 4
+
+
+def test_strings_from_results_cannot_break_the_report_or_the_terminal(tmp_path, capsys):
+    runs = [results(s, a) for s, a in enumerate(SCRATCH)]
+    runs += [results(s, a, "/e", "aa") for s, a in enumerate(PRETRAINED)]
+    for r in runs[3:]:
+        r["pretext_task"] = "evil | cell\n# Injected\x1b[2J $x^$"
+    write_runs(tmp_path / "sweep", runs)
+    (tmp_path / "sweep" / "9\x1b[31m\n# Folder").mkdir()  # a folder name is read from a file system
+    (tmp_path / "sweep" / "9\x1b[31m\n# Folder" / "results.json").write_text("{")
+    assert rp.main([str(tmp_path / "sweep")]) == 0
+    captured = capsys.readouterr()
+    md = (tmp_path / "sweep" / "report.md").read_text()
+    for text in (md, captured.out, captured.err):
+        assert "\x1b" not in text and "\n# Injected" not in text and "\n# Folder" not in text
+    table = md.split("\n\n")[0].splitlines()
+    assert table[3].startswith("| evil \\| cell\\\\n# Injected\\\\x1b[2J $x^$ | 3 | 87.00 |")
+    assert all(row.count(" | ") == 8 for row in table)  # nine cells in every row
+    assert "sweep/9\\x1b[31m\\n# Folder/results.json: corrupt" in captured.err
+    assert (tmp_path / "sweep" / "report.png").stat().st_size > 0  # the $ did not start a math formula
