@@ -10,7 +10,8 @@ from __future__ import annotations
 import inspect
 import math
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from itertools import islice
 from typing import Any
 
 import torch
@@ -122,11 +123,11 @@ def mlp(
     activation: str = "selu",
     batch_norm: bool = False,
     dropout: float = 0.0,
-) -> list[Block]:
+) -> Iterator[Block]:
     """Dense layers on the flattened image; one block per hidden layer."""
     if not widths:
         raise EncoderError("an mlp needs at least one hidden width (backbone.widths)")
-    blocks, fan_in = [], math.prod(int(d) for d in input_shape)
+    fan_in = math.prod(int(d) for d in input_shape)
     for i, width in enumerate(widths):
         layers: list[nn.Module] = [nn.Flatten()] if i == 0 else []
         layers.append(nn.Linear(fan_in, width))
@@ -137,9 +138,8 @@ def mlp(
             layers.append(nn.AlphaDropout(dropout) if activation == "selu" else nn.Dropout(dropout))
         block = nn.Sequential(*layers)
         block.apply(_init_for(activation))
-        blocks.append((f"dense{i + 1}", block))
+        yield f"dense{i + 1}", block
         fan_in = width
-    return blocks
 
 
 def cnn(
@@ -147,9 +147,9 @@ def cnn(
     channels: Sequence[int] = (32, 64, 128),
     activation: str = "relu",
     batch_norm: bool = True,
-) -> list[Block]:
+) -> Iterator[Block]:
     """3x3 conv blocks; each halves the resolution while it is at least 2 pixels."""
-    blocks, c_in, size = [], int(input_shape[0]), min(int(input_shape[1]), int(input_shape[2]))
+    c_in, size = int(input_shape[0]), min(int(input_shape[1]), int(input_shape[2]))
     for i, c_out in enumerate(channels):
         layers: list[nn.Module] = [nn.Conv2d(c_in, c_out, 3, padding=1, bias=not batch_norm)]
         if batch_norm:
@@ -160,9 +160,8 @@ def cnn(
             size //= 2
         block = nn.Sequential(*layers)
         block.apply(_init_for(activation))
-        blocks.append((f"conv{i + 1}", block))
+        yield f"conv{i + 1}", block
         c_in = c_out
-    return blocks
 
 
 def resnet18(input_shape: Sequence[int]) -> list[Block]:
@@ -216,7 +215,7 @@ def vit(
     mlp_ratio: float = 2.0,
     dropout: float = 0.0,
     activation: str = "gelu",
-) -> list[Block]:
+) -> Iterator[Block]:
     """A small vision transformer: a patch embedding, then ``layers`` pre-norm transformer blocks.
 
     Every block outputs ``(L, dim)`` tokens, one per patch (no class token: ``GlobalPool``
@@ -234,7 +233,7 @@ def vit(
         raise EncoderError("vit: layers must be at least 1")
     if activation not in ("relu", "gelu"):
         raise EncoderError(f"vit: activation must be relu or gelu, not {activation!r}")
-    blocks: list[Block] = [("embed", PatchEmbed(input_shape, patch_size, dim))]
+    yield "embed", PatchEmbed(input_shape, patch_size, dim)
     for i in range(layers):
         layer = nn.TransformerEncoderLayer(
             dim,
@@ -245,17 +244,31 @@ def vit(
             batch_first=True,
             norm_first=True,  # pre-norm: trains stably without a warm-up
         )
-        blocks.append((f"block{i + 1}", layer))
-    return blocks
+        yield f"block{i + 1}", layer
 
 
-BACKBONES: dict[str, Callable[..., list[Block]]] = {"mlp": mlp, "cnn": cnn, "resnet18": resnet18, "vit": vit}
-"""The only architectures an encoder file may name."""
+BACKBONES: dict[str, Callable[..., Iterable[Block]]] = {"mlp": mlp, "cnn": cnn, "resnet18": resnet18, "vit": vit}
+"""The only architectures an encoder file may name. A builder yields its blocks bottom up, and
+may build each only when asked for it: ``build_encoder(depth=k)`` pays for the lower k blocks."""
 
 
 def build_encoder(arch: str, input_shape: Sequence[int], depth: int | None = None, **options: Any) -> Encoder:
     """A fresh encoder of a registered architecture for images of ``input_shape`` (C, H, W),
-    cut to its lower ``depth`` blocks if given."""
+    cut to its lower ``depth`` blocks if given (the blocks above are never built)."""
+    resolved = _resolve(arch, input_shape, options)
+    blocks = _blocks(arch, input_shape, resolved)
+    encoder = Encoder(arch, input_shape, resolved, list(islice(blocks, depth) if depth and depth > 0 else blocks))
+    return encoder if depth is None or depth == len(encoder) else encoder.truncated(depth)
+
+
+def encoder_blocks(arch: str, input_shape: Sequence[int], **options: Any) -> Iterator[Block]:
+    """The blocks ``build_encoder`` would stack, bottom up, each built only when the caller asks for
+    it: whatever layer count the options name, a caller that stops after k blocks pays for k."""
+    return _blocks(arch, input_shape, _resolve(arch, input_shape, options))
+
+
+def _resolve(arch: str, input_shape: Sequence[int], options: dict[str, Any]) -> dict[str, Any]:
+    """Every option of the builder, defaults included, as plain values."""
     if arch not in BACKBONES:
         raise EncoderError(f"unknown backbone {arch!r}: choose one of {sorted(BACKBONES)}")
     if len(input_shape) != 3 or any(int(d) < 1 for d in input_shape):
@@ -267,15 +280,16 @@ def build_encoder(arch: str, input_shape: Sequence[int], depth: int | None = Non
         params = [p for p in inspect.signature(builder).parameters if p != "input_shape"]
         raise EncoderError(f"backbone {arch!r}: {err}; its options are {params}") from None
     bound.apply_defaults()
-    resolved = {k: _plain(v) for k, v in bound.arguments.items() if k != "input_shape"}
+    return {k: _plain(v) for k, v in bound.arguments.items() if k != "input_shape"}
+
+
+def _blocks(arch: str, input_shape: Sequence[int], resolved: dict[str, Any]) -> Iterator[Block]:
     try:
-        blocks = builder(input_shape, **resolved)
+        yield from BACKBONES[arch](input_shape, **resolved)
     except EncoderError:
         raise
     except (ValueError, RuntimeError) as err:  # torch's own refusal, e.g. a negative width or dropout > 1
         raise EncoderError(f"backbone {arch!r} with options {resolved}: {err}") from None
-    encoder = Encoder(arch, input_shape, resolved, blocks)
-    return encoder if depth is None or depth == len(encoder) else encoder.truncated(depth)
 
 
 def _plain(value: Any) -> Any:

@@ -12,16 +12,19 @@ import math
 import os
 import pickle
 import re
+import stat
 import warnings
+from collections import Counter
 from dataclasses import dataclass
+from itertools import islice
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
+import safetensors.torch
 import torch
-from safetensors import safe_open
 from safetensors.torch import save_file
 
-from pretrain.encoders import BACKBONES, Encoder, build_encoder
+from pretrain.encoders import BACKBONES, Encoder, build_encoder, encoder_blocks
 from pretrain.files import atomic_write
 from pretrain.typecheck import describe, fits, parameter_types
 
@@ -96,11 +99,15 @@ def save_encoder(
 def load_encoder(path: str | os.PathLike) -> EncoderFile:
     """Rebuild an encoder from its file alone; every problem with the file is an EncoderFileError.
 
-    The file is judged before any tensor is read: the header length against the file size,
-    the metadata against the schema, and every tensor's name, shape and dtype (from the
-    header) against the architecture the metadata names, built on the meta device. Only then
-    are the tensors read, so what is allocated is bounded by the file's own size.
+    The file is opened once, and must be a regular file. It is judged before any tensor is read:
+    the header length against the file size, the metadata against the schema and against what
+    the file holds, and every tensor's name, shape and dtype (from the header) against the
+    architecture the metadata names, built block by block on the meta device. Only then are the
+    tensors read and checked to be finite, and the lower ``depth`` blocks built to hold them, so
+    that time and memory are bounded by the file's own size.
     """
+    if not os.fspath(path):
+        raise EncoderFileError("encoder= is empty: pass the path of an encoder.safetensors, or encoder=none")
     path = Path(path)
     if path.suffix.lower() in PICKLE_SUFFIXES:
         raise EncoderFileError(
@@ -108,32 +115,17 @@ def load_encoder(path: str | os.PathLike) -> EncoderFile:
             "here. Turn a pretext-task checkpoint into an encoder file with "
             f"`python -m pretrain.export {path} OUT.safetensors` and pass that file instead."
         )
-    if not path.is_file():
-        raise EncoderFileError(
-            f"encoder file {path} does not exist: pass the encoder.safetensors that "
-            "`python -m pretrain` wrote, or encoder=none to train from scratch"
-        )
-    _check_header_length(path)
-    try:
-        handle = safe_open(str(path), framework="pt")
-    except Exception as err:  # noqa: BLE001 - safetensors reports a malformed file in several ways
-        raise EncoderFileError(f"{path} is not a readable safetensors file: {err}") from None
-    with handle as f:
-        try:
-            header = f.metadata() or {}
-            found = {k: _slice_spec(f.get_slice(k)) for k in f.keys()}  # noqa: SIM118 - not iterable
-        except Exception as err:  # noqa: BLE001
-            raise EncoderFileError(f"{path} is not a readable safetensors file: {err}") from None
-        metadata = _parse_metadata(path, header, len(found))
+    hint = "pass the encoder.safetensors that `python -m pretrain` wrote, or encoder=none to train from scratch"
+    with _open_file(path, "encoder file", hint) as f:
+        size = os.fstat(f.fileno()).st_size
+        header, found = _read_header(path, f, size)
+        metadata = _parse_metadata(path, header, found)
         _check_tensors(path, metadata, found)
-        encoder = build_encoder(
-            metadata["arch"], metadata["input_shape"], depth=metadata["depth"], **metadata["options"]
-        )
-        try:
-            tensors = {k: f.get_tensor(k) for k in found}
-            encoder.load_state_dict(tensors, strict=True)
-        except Exception as err:  # noqa: BLE001 - e.g. the file changed while it was read
-            raise EncoderFileError(f"{path}: its tensors cannot be read: {err}") from None
+        f.seek(0)
+        tensors = _read_tensors(path, f.read(size), found)
+    _check_finite(path, tensors)
+    encoder = build_encoder(metadata["arch"], metadata["input_shape"], depth=metadata["depth"], **metadata["options"])
+    encoder.load_state_dict(tensors, strict=True)
     return EncoderFile(encoder.eval(), metadata)
 
 
@@ -178,12 +170,54 @@ METADATA_KEYS = {
 interpreted (a ``_target_`` in ``pretext.config`` records the task's class, it is never imported)."""
 
 
-def _check_header_length(path: Path) -> None:
-    size = path.stat().st_size
+def _open_file(path: Path, what: str, hint: str) -> BinaryIO:
+    """``path`` opened for reading, if it is a regular file. A FIFO is opened without waiting for a
+    writer (``O_NONBLOCK``) and then refused, like a device or a directory: none holds a file."""
+    try:
+        f = open(path, "rb", opener=lambda name, flags: os.open(name, flags | os.O_NONBLOCK))  # noqa: SIM115
+    except FileNotFoundError:
+        raise EncoderFileError(f"{what} {path} does not exist: {hint}") from None
+    except IsADirectoryError:
+        raise EncoderFileError(f"{what} {path} is a directory: {hint}") from None
+    except PermissionError:
+        raise EncoderFileError(
+            f"{what} {path} cannot be read: permission denied (ask its owner to make it readable, or copy it)"
+        ) from None
+    except OSError as err:
+        raise EncoderFileError(f"{what} {path} cannot be read ({err.strerror}): {hint}") from None
+    if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+        f.close()
+        raise EncoderFileError(f"{what} {path} is not a regular file (a pipe, device or socket): {hint}")
+    return f
+
+
+def _json(text: str | bytes, failure: str) -> Any:
+    """``text`` parsed as JSON, or an EncoderFileError ``failure (why)``: a syntax error, a key given
+    twice (``json`` would keep the last silently), nesting deeper than the parser can follow, or
+    an integer longer than Python's int() limit."""
+
+    def unique(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+        obj = dict(pairs)
+        if len(obj) < len(pairs):
+            twice = next(k for k, n in Counter(k for k, _ in pairs).items() if n > 1)
+            raise ValueError(f"the key {twice!r} appears more than once")
+        return obj
+
+    try:
+        return json.loads(text, object_pairs_hook=unique)
+    except RecursionError:
+        raise EncoderFileError(f"{failure} (nested too deeply)") from None
+    except ValueError as err:  # JSONDecodeError, UnicodeDecodeError, int() digit limit, a repeated key
+        raise EncoderFileError(f"{failure} ({err})") from None
+
+
+def _read_header(path: Path, f: BinaryIO, size: int) -> tuple[dict[str, str], dict[str, TensorSpec]]:
+    """The safetensors header of the open file ``f`` of ``size`` bytes: its string metadata, and each
+    tensor's shape and dtype. Offsets are left to safetensors itself, which checks them when the
+    tensors are read."""
     if size < 8:
         raise EncoderFileError(f"{path} is {size} bytes long: too short to be a safetensors file (truncated?)")
-    with open(path, "rb") as f:
-        declared = int.from_bytes(f.read(8), "little")
+    declared = int.from_bytes(f.read(8), "little")
     if declared > MAX_HEADER_BYTES:
         raise EncoderFileError(
             f"{path} declares a {declared}-byte header, more than the {MAX_HEADER_BYTES} an encoder file can "
@@ -194,20 +228,52 @@ def _check_header_length(path: Path) -> None:
             f"{path} declares a {declared}-byte header but holds only {size - 8} bytes after the length: "
             "the file is truncated or not a safetensors file"
         )
+    unreadable = f"{path} is not a readable safetensors file"
+    header = _json(f.read(declared), f"{unreadable}: its header is not valid JSON")
+    if not isinstance(header, dict):
+        raise EncoderFileError(f"{unreadable}: its header is not a JSON object")
+    metadata = header.pop("__metadata__", None) or {}
+    if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
+        raise EncoderFileError(f"{unreadable}: its __metadata__ must map names to strings")
+    found = {}
+    for name, entry in header.items():
+        dtype, shape = (entry.get("dtype"), entry.get("shape")) if isinstance(entry, dict) else (None, None)
+        if not isinstance(dtype, str) or not isinstance(shape, list) or not all(_is_size(d) for d in shape):
+            raise EncoderFileError(f"{unreadable}: tensor {name!r} has no dtype and shape")
+        found[name] = tuple(shape), SAFETENSORS_DTYPES.get(dtype, dtype)
+    return metadata, found
 
 
-def _slice_spec(tensor_slice: Any) -> TensorSpec:
-    dtype = tensor_slice.get_dtype()
-    return tuple(tensor_slice.get_shape()), SAFETENSORS_DTYPES.get(dtype, dtype)
+def _is_size(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
-def _parse_metadata(path: Path, header: dict[str, str], num_tensors: int) -> dict[str, Any]:
+def _read_tensors(path: Path, data: bytes, found: dict[str, TensorSpec]) -> dict[str, torch.Tensor]:
+    """The tensors of the whole file ``data``, as safetensors reads them: it checks every offset
+    against the shape and the file's length."""
+    try:
+        tensors = safetensors.torch.load(data)
+    except Exception as err:  # noqa: BLE001 - safetensors reports a malformed file in several ways
+        raise EncoderFileError(f"{path} is not a readable safetensors file (truncated?): {err}") from None
+    if {k: (tuple(v.shape), v.dtype) for k, v in tensors.items()} != found:  # the file changed under us
+        raise EncoderFileError(f"{path} changed while it was read: load it again")
+    return tensors
+
+
+def _check_finite(source: Path, tensors: dict[str, torch.Tensor]) -> None:
+    """Refuse NaN or infinite weights, which no training step can recover from, naming the first."""
+    for name, tensor in tensors.items():
+        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+            raise EncoderFileError(
+                f"{source}: tensor {name} holds NaN or infinite values: the training it comes from diverged; "
+                "export an earlier checkpoint"
+            )
+
+
+def _parse_metadata(path: Path, header: dict[str, str], found: dict[str, TensorSpec]) -> dict[str, Any]:
     if METADATA_KEY not in header:
         raise EncoderFileError(f"{path} has no '{METADATA_KEY}' metadata: it was not written by `python -m pretrain`")
-    try:
-        meta = json.loads(header[METADATA_KEY])
-    except json.JSONDecodeError as err:
-        raise EncoderFileError(f"{path}: its metadata is not valid JSON ({err})") from None
+    meta = _json(header[METADATA_KEY], f"{path}: its metadata is not valid JSON")
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise EncoderFileError(f"{path}: metadata 'format' must be {FORMAT!r}")
     if meta.get("format_version") != FORMAT_VERSION:
@@ -224,7 +290,7 @@ def _parse_metadata(path: Path, header: dict[str, str], num_tensors: int) -> dic
     for key, kind in METADATA_KEYS.items():
         if not isinstance(meta[key], kind) or isinstance(meta[key], bool):
             raise EncoderFileError(f"{path}: metadata '{key}' must be a {kind.__name__}, found {meta[key]!r}")
-    check_spec(path, meta, num_tensors)
+    check_spec(path, meta, found)
     if not isinstance(meta["pretext"].get("task"), str):
         raise EncoderFileError(f"{path}: metadata pretext.task must name the pretext task")
     if not isinstance(meta["data"].get("name"), str):
@@ -237,13 +303,19 @@ def _parse_metadata(path: Path, header: dict[str, str], num_tensors: int) -> dic
     return meta
 
 
-def check_spec(source: Path, spec: dict[str, Any], num_tensors: int) -> None:
+def check_spec(source: Path, spec: dict[str, Any], found: dict[str, TensorSpec]) -> None:
     """Check the architecture part of an encoder description (``arch``, ``input_shape``,
     ``options``, ``depth``, ``normalization``) without building anything.
 
-    ``num_tensors`` (how many tensors the file holds) bounds every list option and the depth:
-    each block of every architecture has at least one tensor, so a longer list cannot match.
+    What the file holds (``found``: its tensors' shapes) bounds what the description may ask for:
+    every block of every architecture has at least one tensor, so the depth and the length of a
+    list option are at most the tensor count; every integer option (a width, a layer or head
+    count, a patch size) counts parts that hold at least one weight each, so it is at most the
+    file's weight count. A truncated file carries the options of its whole stack: those above its
+    depth are never built, and are held to the same bound.
     """
+    num_tensors = len(found)
+    num_weights = sum(math.prod(shape) for shape, _ in found.values())
     arch = spec.get("arch")
     if not isinstance(arch, str) or arch not in BACKBONES:
         raise EncoderFileError(
@@ -281,6 +353,12 @@ def check_spec(source: Path, spec: dict[str, Any], num_tensors: int) -> None:
             raise EncoderFileError(
                 f"{source}: option {key} lists {len(value)} entries, more than the {num_tensors} tensors the file holds"
             )
+        too_large = [v for v in (value if isinstance(value, list) else [value]) if _is_size(v) and v > num_weights]
+        if too_large:
+            raise EncoderFileError(
+                f"{source}: option {key} of {arch} asks for {too_large[0]}, more than the {num_weights} weights "
+                "the file holds: the metadata does not describe this file"
+            )
     norm = spec.get("normalization")
     if not isinstance(norm, dict):
         raise EncoderFileError(f"{source}: metadata 'normalization' must be a dict, found {norm!r}")
@@ -298,32 +376,42 @@ def check_spec(source: Path, spec: dict[str, Any], num_tensors: int) -> None:
         raise EncoderFileError(f"{source}: normalization.std must be positive, found {norm['std']!r}")
 
 
-def _expected_tensors(source: Path, spec: dict[str, Any]) -> dict[str, TensorSpec]:
-    """Names, shapes and dtypes of the encoder ``spec`` describes, from a build on the meta
-    device: nothing is allocated, whatever sizes the description asks for."""
+def _check_tensors(source: Path, spec: dict[str, Any], found: dict[str, TensorSpec]) -> None:
+    """Every tensor the architecture needs, with its shape and dtype, and no other.
+
+    The architecture is built one block at a time on the meta device (nothing is allocated,
+    whatever sizes the description asks for), and each block is matched against the file before
+    the next is built: a description of more than the file holds is refused at the first block
+    the file lacks, so the work done is bounded by the file.
+    """
+    arch, built, expected = spec["arch"], 0, set()
     try:
         with torch.device("meta"):
-            encoder = build_encoder(spec["arch"], spec["input_shape"], depth=spec["depth"], **spec["options"])
+            for block, module in islice(encoder_blocks(arch, spec["input_shape"], **spec["options"]), spec["depth"]):
+                needs = {f"blocks.{block}.{k}": (tuple(v.shape), v.dtype) for k, v in module.state_dict().items()}
+                missing = sorted(set(needs) - set(found))
+                if missing:
+                    raise EncoderFileError(f"{source}: tensors do not match a {arch} encoder: missing {missing[:5]}")
+                for name, (shape, dtype) in needs.items():
+                    if found[name] != (shape, dtype):
+                        got_shape, got_dtype = found[name]
+                        raise EncoderFileError(
+                            f"{source}: tensor {name} is {got_dtype} {got_shape}, but the architecture needs "
+                            f"{dtype} {shape}"
+                        )
+                expected |= needs.keys()
+                built += 1
+    except EncoderFileError:
+        raise
     except Exception as err:  # noqa: BLE001 - any failure to build is a bad description
         raise EncoderFileError(f"{source}: its metadata describes no buildable encoder: {err}") from None
-    return {k: (tuple(v.shape), v.dtype) for k, v in encoder.state_dict().items()}
-
-
-def _check_tensors(source: Path, spec: dict[str, Any], found: dict[str, TensorSpec]) -> None:
-    """Every tensor the architecture needs, with its shape and dtype, and no other."""
-    expected = _expected_tensors(source, spec)
-    missing = sorted(set(expected) - set(found))
-    extra = sorted(set(found) - set(expected))
-    if missing or extra:
+    if built < spec["depth"]:
         raise EncoderFileError(
-            f"{source}: tensors do not match a {spec['arch']} encoder: missing {missing[:5]}, unexpected {extra[:5]}"
+            f"{source}: metadata 'depth' is {spec['depth']}, but a {arch} with these options has {built} block(s)"
         )
-    for name, (shape, dtype) in expected.items():
-        if found[name] != (shape, dtype):
-            got_shape, got_dtype = found[name]
-            raise EncoderFileError(
-                f"{source}: tensor {name} is {got_dtype} {got_shape}, but the architecture needs {dtype} {shape}"
-            )
+    extra = sorted(set(found) - expected)
+    if extra:
+        raise EncoderFileError(f"{source}: tensors do not match a {arch} encoder: unexpected {extra[:5]}")
 
 
 def export_checkpoint(checkpoint_path: str | os.PathLike, out: str | os.PathLike) -> Path:
@@ -336,12 +424,13 @@ def export_checkpoint(checkpoint_path: str | os.PathLike, out: str | os.PathLike
     source, out = Path(checkpoint_path), Path(out)
     if out.suffix.lower() in PICKLE_SUFFIXES:
         raise EncoderFileError(f"{out}: an encoder file is safetensors, not a pickle: name it e.g. encoder.safetensors")
-    if not source.is_file():
-        raise EncoderFileError(f"checkpoint {source} does not exist")
+    if out.is_dir():
+        raise EncoderFileError(f"{out} is a directory: name the file to write, e.g. {out / 'encoder.safetensors'}")
+    hint = "pass the .ckpt that `python -m pretrain` wrote (RUN/checkpoints/last.ckpt)"
     try:
-        with warnings.catch_warnings():
+        with _open_file(source, "checkpoint", hint) as f, warnings.catch_warnings():
             warnings.simplefilter("ignore")  # torch warns about pickle protocols of foreign files
-            checkpoint = torch.load(source, map_location="cpu", weights_only=True)
+            checkpoint = torch.load(f, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
         detail = re.search(r"WeightsUnpickler error:\s*([^\n]+)", str(err))
         reason = detail.group(1).split(". ")[0].rstrip(".") if detail else "unsupported content"
@@ -350,8 +439,13 @@ def export_checkpoint(checkpoint_path: str | os.PathLike, out: str | os.PathLike
             "and loading it could run code. "
             "Only checkpoints written by `python -m pretrain` can be exported."
         ) from None
+    except EncoderFileError:
+        raise
     except Exception as err:  # noqa: BLE001 - torch raises many kinds for a file it refuses
-        raise EncoderFileError(f"{source} is not a checkpoint that loads safely: {err}") from None
+        reason = f"{type(err).__name__}: {str(err).split('. ')[0]}"  # torch's first sentence; the rest is advice
+        raise EncoderFileError(
+            f"{source} is not a checkpoint that loads (truncated, damaged, or not written by torch.save): {reason}"
+        ) from None
     info = checkpoint.get("pretext_encoder") if isinstance(checkpoint, dict) else None
     state = checkpoint.get("state_dict") if isinstance(checkpoint, dict) else None
     if not isinstance(info, dict) or not isinstance(state, dict):
@@ -362,24 +456,30 @@ def export_checkpoint(checkpoint_path: str | os.PathLike, out: str | os.PathLike
     if plain is not None and not isinstance(plain, dict):
         raise EncoderFileError(f"{source}: its recorded encoder weights are not a mapping of tensors")
     tensors = plain or {k[len(prefix) :]: v for k, v in state.items() if isinstance(k, str) and k.startswith(prefix)}
+    if not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in tensors.items()):
+        raise EncoderFileError(f"{source}: its encoder state holds values that are not named tensors")
+    found = {k: (tuple(v.shape), v.dtype) for k, v in tensors.items()}
     spec = {**info, "normalization": {"mean": info.get("mean"), "std": info.get("std")}}
-    check_spec(source, spec, len(tensors))
-    if not all(isinstance(v, torch.Tensor) for v in tensors.values()):
-        raise EncoderFileError(f"{source}: its encoder state holds values that are not tensors")
-    _check_tensors(source, spec, {k: (tuple(v.shape), v.dtype) for k, v in tensors.items()})
+    check_spec(source, spec, found)
+    _check_tensors(source, spec, found)
+    _check_finite(source, tensors)
     if not isinstance(info.get("task"), str):
         raise EncoderFileError(f"{source}: its encoder description names no pretext task")
     encoder = build_encoder(info["arch"], info["input_shape"], depth=info["depth"], **info["options"])
     encoder.load_state_dict(tensors)
     classes = info.get("classes") or []
-    return save_encoder(
-        out,
-        encoder,
-        mean=info["mean"],
-        std=info["std"],
-        pretext={"task": info["task"], "checkpoint": str(source), "epoch": checkpoint.get("epoch")},
-        data={"name": str(info.get("data")), "classes": [str(c) for c in classes]},
-    )
+    try:
+        return save_encoder(
+            out,
+            encoder,
+            mean=info["mean"],
+            std=info["std"],
+            pretext={"task": info["task"], "checkpoint": str(source), "epoch": checkpoint.get("epoch")},
+            data={"name": str(info.get("data")), "classes": [str(c) for c in classes]},
+        )
+    except OSError as err:
+        where = f": {err.filename}" if err.filename else ""
+        raise EncoderFileError(f"cannot write {out} ({err.strerror or err}{where}): choose another path") from None
 
 
 def main() -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import stat
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -22,8 +23,12 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> Path
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
+        tmp.unlink(missing_ok=True)
+        with open(tmp, "wb") as f:  # created as open() creates any file: its mode follows the umask
+            mode = stat.S_IMODE(os.fstat(f.fileno()).st_mode)
         write(tmp)
         with open(tmp, "rb+") as f:
+            os.fchmod(f.fileno(), mode)  # a writer that stages its own temporary file (safetensors) leaves 0600
             os.fsync(f.fileno())
         os.replace(tmp, path)
     finally:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import stat
 import subprocess
 import sys
 
@@ -13,7 +15,7 @@ from safetensors.torch import load_file
 
 from pretrain.encoders import build_encoder
 from pretrain.export import EncoderFileError, load_encoder, save_encoder
-from pretrain.files import atomic_write
+from pretrain.files import AtomicCheckpointIO, atomic_write, write_json
 
 
 def write(path, arch="cnn", shape=(1, 8, 8), **options):
@@ -110,3 +112,18 @@ def test_a_write_that_fails_midway_leaves_the_old_file(tmp_path):
     assert path.read_bytes() == before
     assert [p.name for p in tmp_path.iterdir()] == ["encoder.safetensors"]
     load_encoder(path)
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o002])
+def test_written_files_follow_the_umask(tmp_path, umask):
+    """Colleagues on a shared cluster read what a run wrote: every file written through atomic_write
+    gets the mode a plain open() would give it (safetensors stages its own 0600 temporary file)."""
+    previous = os.umask(umask)
+    try:
+        write(tmp_path / "encoder.safetensors")
+        write_json(tmp_path / "results.json", {"a": 1})
+        AtomicCheckpointIO().save_checkpoint({"epoch": 1}, tmp_path / "last.ckpt")
+    finally:
+        os.umask(previous)
+    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in tmp_path.iterdir()}
+    assert modes == dict.fromkeys(["encoder.safetensors", "results.json", "last.ckpt"], 0o666 & ~umask)

@@ -4,15 +4,22 @@ not hold."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import pathlib
 import pickle
+import re
 import resource
+import signal
 import subprocess
 import sys
+import time
+import tracemalloc
 
 import pytest
 import torch
+from conftest import QUIET
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from safetensors import safe_open
@@ -169,11 +176,9 @@ DELETE = object()
         ({"format_version": 2}, "format_version 2 is not supported"),
         ({"pretext__task": 3}, "pretext.task must name"),
         ({"versions__torch": ["x"]}, "versions"),
-        # Sizes no real file could hold: judged on the meta device, so nothing is allocated.
-        (
-            {"options__widths": [10**12, 4]},
-            r"tensor blocks.dense1.1.weight is .* needs torch.float32 \(1000000000000, 64\)",
-        ),
+        # Sizes no real file could hold: bounded by what the file holds, or judged on the meta device.
+        ({"options__widths": [10**12, 4]}, r"option widths of mlp asks for 1000000000000, more than the 556 weights"),
+        ({"options__widths": [500, 4]}, r"tensor blocks.dense1.1.weight is .* needs torch.float32 \(500, 64\)"),
         (
             {"input_shape": [4096, 4096, 4096], "normalization": {"mean": [0] * 4096, "std": [1] * 4096}},
             r"needs torch.float32 \(8, 68719476736\)",
@@ -236,6 +241,187 @@ def test_export_checks_the_checkpoint_like_a_file(tmp_path):
     with pytest.raises(EncoderFileError, match="not a pickle"):
         export_checkpoint(ckpt, tmp_path / "f.ckpt")
     assert not (tmp_path / "f.safetensors").exists()
+
+
+# --- files that would multiply work -------------------------------------------------------
+
+
+def vit_file(path: pathlib.Path, depth: int | None = None) -> pathlib.Path:
+    """A one-layer ViT (embed, block1: 15 tensors, 9,216 weights) or its lower ``depth`` blocks."""
+    torch.manual_seed(0)
+    encoder = build_encoder("vit", (1, 8, 8), depth=depth, patch_size=4, dim=32, layers=1, heads=2)
+    return save_encoder(path, encoder, mean=[0.5], std=[0.25], pretext={"task": "masked"}, data={"name": "d"})
+
+
+@contextlib.contextmanager
+def bounded(seconds: float = 2.0, megabytes: float = 50.0):
+    """The block must finish within ``seconds`` and allocate at most ``megabytes`` at its peak."""
+    tracemalloc.start()
+    start = time.perf_counter()
+    try:
+        yield
+    finally:
+        elapsed, peak = time.perf_counter() - start, tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+    assert elapsed < seconds and peak < megabytes * 2**20, f"{elapsed:.2f} s, {peak / 2**20:.0f} MB"
+
+
+@pytest.mark.parametrize(
+    "depth,changes,message",
+    [
+        (None, {"options__layers": 10**6}, "option layers of vit asks for 1000000, more than the 9216 weights"),
+        (1, {"options__layers": 10**6}, "option layers of vit asks for 1000000, more than the 672 weights"),
+        (None, {"depth": 10**6, "options__layers": 10**6}, "'depth' must be a block count from 1 to 15"),
+        (None, {"depth": 12}, "'depth' is 12, but a vit with these options has 2 block"),
+        (None, {"options__heads": 10**9}, "option heads of vit asks for 1000000000"),
+        (None, {"options__heads": 3}, "no buildable encoder: vit: dim 32 must be a multiple of heads 3"),
+        (None, {"options__dim": 10**9}, "option dim of vit asks for 1000000000"),
+        (None, {"options__dim": 4096}, r"blocks.embed.position is .* needs torch.float32 \(1, 4, 4096\)"),
+        (None, {"options__mlp_ratio": 1e6}, r"blocks.block1.linear1.weight is .* needs torch.float32 \(32000000, 32\)"),
+        (None, {"options__mlp_ratio": float("inf")}, "no buildable encoder: cannot convert float infinity"),
+        (
+            None,
+            {"input_shape": [1, 4096, 4096], "options__patch_size": 1},
+            r"blocks.embed.position is .* needs torch.float32 \(1, 16777216, 32\)",
+        ),
+    ],
+)
+def test_descriptions_that_multiply_work_are_refused_at_the_cost_of_the_file(tmp_path, depth, changes, message):
+    """Every option that multiplies work (layers, depth, widths, heads, patch counts) is bounded by
+    what the file holds before anything is built; the rest is matched block by block on the meta
+    device. Before, layers=10**6 built layers until memory ran out."""
+    path = mutate(vit_file(tmp_path / "vit.safetensors", depth), **changes)
+    with bounded():
+        refused(path, message)
+
+
+@pytest.mark.parametrize("depth,layers", [(1, 600), (2, 9000)])
+def test_blocks_above_the_depth_of_a_file_are_never_built(tmp_path, depth, layers):
+    """A truncated encoder's file names the layer count of its whole stack; only the blocks the file
+    holds are built (eagerly, 9,000 layers took about a minute)."""
+    path = mutate(vit_file(tmp_path / "vit.safetensors", depth), options__layers=layers, depth=depth)
+    with bounded():
+        encoder = load_encoder(path).encoder
+    assert encoder.block_names == ["embed", "block1"][:depth] and encoder.options["layers"] == layers
+    assert encoder(torch.zeros(2, 1, 8, 8)).shape == (2, 4, 32)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+def test_non_finite_weights_are_refused_naming_the_tensor(tmp_path, good, bad):
+    meta, tensors = parts(good)
+    tensors["blocks.dense2.0.weight"][1, 2] = bad
+    refused(rewrite(good, meta, tensors), f"{good}: tensor blocks.dense2.0.weight holds NaN or infinite values")
+    # export refuses to write such a file in the first place
+    state = {f"encoder.{k}": v for k, v in tensors.items()}
+    info = {k: meta[k] for k in ("arch", "input_shape", "options", "depth")} | {"task": "t", "mean": [0], "std": [1]}
+    torch.save({"state_dict": state, "pretext_encoder": info}, tmp_path / "last.ckpt")
+    with pytest.raises(EncoderFileError, match="tensor blocks.dense2.0.weight holds NaN or infinite"):
+        export_checkpoint(tmp_path / "last.ckpt", tmp_path / "e.safetensors")
+    assert not (tmp_path / "e.safetensors").exists()
+
+
+def raw_file(path: pathlib.Path, header: bytes, data: bytes = b"") -> pathlib.Path:
+    path.write_bytes(len(header).to_bytes(8, "little") + header + data)
+    return path
+
+
+def test_json_the_parser_cannot_follow(tmp_path, good):
+    meta, tensors = parts(good)
+    with bounded():
+        refused(rewrite(good, "[" * 200_000 + "]" * 200_000, tensors), "metadata is not valid JSON .nested too deeply")
+        refused(rewrite(good, json.dumps(meta)[:-1] + ', "x": ' + "[" * 200_000, tensors), "nested too deeply")
+        text = json.dumps(meta).replace('"format_version": 1', '"format_version": ' + "9" * 5000)
+        refused(rewrite(good, text, tensors), "metadata is not valid JSON .*digits")
+        deep = raw_file(tmp_path / "deep.safetensors", b"[" * 200_000)
+        refused(deep, "not a readable safetensors file: its header is not valid JSON .nested too deeply")
+
+
+def test_a_name_given_twice_is_refused(tmp_path, good):
+    meta, tensors = parts(good)
+    text = json.dumps(meta)
+    refused(rewrite(good, text[:-1] + ', "arch": "cnn"}', tensors), "metadata is not valid JSON .*'arch' appears more")
+    raw = valid(tmp_path / "v.safetensors").read_bytes()
+    n = int.from_bytes(raw[:8], "little")
+    header = json.loads(raw[8 : 8 + n])
+    entry = json.dumps(header["blocks.dense2.0.bias"])
+    text = json.dumps(header)[:-1] + f', "blocks.dense2.0.bias": {entry}' + "}"  # the same tensor twice
+    refused(raw_file(good, text.encode(), raw[8 + n :]), "header is not valid JSON .*'blocks.dense2.0.bias' appears")
+
+
+def test_paths_that_are_not_files(tmp_path, good, monkeypatch):
+    (tmp_path / "folder").mkdir()
+    refused(tmp_path / "folder", "encoder file .*/folder is a directory")
+    fifo = tmp_path / "pipe.safetensors"
+    os.mkfifo(fifo)
+    signal.alarm(10)  # a FIFO without a writer must not block the loader
+    try:
+        refused(fifo, "pipe.safetensors is not a regular file")
+    finally:
+        signal.alarm(0)
+    (tmp_path / "zero.safetensors").symlink_to("/dev/zero")
+    refused(tmp_path / "zero.safetensors", "zero.safetensors is not a regular file")
+    (tmp_path / "gone.safetensors").symlink_to(tmp_path / "nowhere")
+    refused(tmp_path / "gone.safetensors", "gone.safetensors does not exist")
+    with pytest.raises(EncoderFileError, match="encoder= is empty: .*encoder=none"):
+        load_encoder("")
+    good.chmod(0)
+    if os.geteuid() == 0:  # root reads anything: deny it the way the kernel would
+        real_open = os.open
+        monkeypatch.setattr(os, "open", lambda p, *a, **k: _denied(p) if p == str(good) else real_open(p, *a, **k))
+    refused(good, "good.safetensors cannot be read: permission denied")
+
+
+def _denied(path: str):
+    raise PermissionError(13, "Permission denied", path)
+
+
+def test_export_refuses_what_it_cannot_read_or_write(tmp_path):
+    encoder = build_encoder("mlp", (1, 8, 8), widths=[8, 4])
+    info = {"arch": "mlp", "input_shape": [1, 8, 8], "options": encoder.options, "depth": 2}
+    info |= {"task": "autoencoder", "mean": [0.5], "std": [0.25]}
+    ckpt = tmp_path / "last.ckpt"
+    torch.save(
+        {"state_dict": {f"encoder.{k}": v for k, v in encoder.state_dict().items()}, "pretext_encoder": info}, ckpt
+    )
+    (tmp_path / "folder").mkdir()
+    (tmp_path / "file").touch()
+    cases = [
+        (ckpt, tmp_path / "folder", "folder is a directory: name the file to write, e.g. .*folder/encoder.safetensors"),
+        (ckpt, tmp_path / "file" / "e.safetensors", r"cannot write .*file/e.safetensors \(File exists: .*file\)"),
+        (tmp_path / "folder", tmp_path / "e.safetensors", "checkpoint .*folder is a directory"),
+        (tmp_path / "nope.ckpt", tmp_path / "e.safetensors", "checkpoint .*nope.ckpt does not exist"),
+    ]
+    truncated = tmp_path / "truncated.ckpt"
+    truncated.write_bytes(ckpt.read_bytes()[:300])
+    cases.append((truncated, tmp_path / "e.safetensors", "truncated.ckpt is not a checkpoint that loads .*zip archive"))
+    foreign = tmp_path / "foreign.ckpt"
+    foreign.write_bytes(b"hello, not a checkpoint" * 4)
+    cases.append((foreign, tmp_path / "e.safetensors", "foreign.ckpt is not a checkpoint that loads"))
+    for source, out, message in cases:
+        with pytest.raises(EncoderFileError, match=message):
+            export_checkpoint(source, out)
+    left = ["file", "folder", "foreign.ckpt", "last.ckpt", "truncated.ckpt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == left
+    assert not any((tmp_path / "folder").iterdir())
+
+
+@pytest.mark.slow
+def test_bad_paths_on_the_command_line_exit_2(tmp_path, good):
+    """``python -m pretrain.export`` and ``python -m finetune encoder=...``: one line, exit 2, no traceback,
+    no run folder."""
+    (tmp_path / "folder").mkdir()
+    deep = rewrite(tmp_path / "deep.safetensors", "[" * 200_000, parts(good)[1])
+    commands = [
+        (["pretrain.export", str(tmp_path / "nope.ckpt"), "e.safetensors"], "checkpoint .* does not exist"),
+        (["pretrain.export", str(good), str(tmp_path / "folder")], "folder is a directory"),
+        (["finetune", "encoder=", *QUIET], "encoder= is empty"),
+        (["finetune", f"encoder={deep}", *QUIET], "nested too deeply"),
+    ]
+    for args, message in commands:
+        out = subprocess.run([sys.executable, "-m", *args], capture_output=True, text=True, cwd=tmp_path)
+        assert out.returncode == 2 and re.match(f"error: .*{message}", out.stderr), out.stderr
+        assert "Traceback" not in out.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["deep.safetensors", "folder", "good.safetensors"]
 
 
 # --- generated files -----------------------------------------------------------------------
