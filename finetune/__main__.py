@@ -18,7 +18,7 @@ from pretrain.encoders import build_encoder
 from pretrain.export import EncoderFile, load_encoder
 from pretrain.files import sha256, write_json
 from pretrain.hydra_ddp import rank_processes_rerun_this_job
-from pretrain.resume import checkpoint_to_resume
+from pretrain.resume import check_resumable, checkpoint_to_resume
 from pretrain.text import printable
 from pretrain.trainer import build_trainer
 from pretrain.validate import check_encoder_fits_data, check_reuse, validate_config
@@ -57,6 +57,8 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         encoder_lr_factor=schedule.encoder_lr_factor if pretrained else 1.0,
         dropout=cfg.head.dropout,
     )
+    if checkpoint is not None:
+        check_resumable(checkpoint, model)
     callbacks = [FreezeSchedule(schedule.unfreeze_epoch, schedule.unfreeze_top)] if pretrained else []
     trainer = build_trainer(cfg.trainer, run_dir, callbacks, faults=instantiate(cfg.faults))
     trainer.fit(model, datamodule=datamodule, ckpt_path=checkpoint)

@@ -15,7 +15,7 @@ from pretrain.encoders import build_encoder
 from pretrain.export import save_encoder
 from pretrain.files import write_json
 from pretrain.hydra_ddp import rank_processes_rerun_this_job
-from pretrain.resume import checkpoint_to_resume
+from pretrain.resume import check_resumable, checkpoint_to_resume
 from pretrain.trainer import build_trainer
 from pretrain.validate import validate_config
 
@@ -32,6 +32,8 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     info = datamodule.info
     encoder = build_encoder(input_shape=info.input_shape, **OmegaConf.to_container(cfg.backbone, resolve=True))
     task = make_task(encoder=encoder, optimizer=instantiate(cfg.optimizer), data=info)
+    if checkpoint is not None:
+        check_resumable(checkpoint, task)
     trainer = build_trainer(cfg.trainer, run_dir, faults=instantiate(cfg.faults))
     trainer.fit(task, datamodule=datamodule, ckpt_path=checkpoint)
     metrics = {**{k: float(v) for k, v in trainer.callback_metrics.items()}, **task.epoch_means}

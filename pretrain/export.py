@@ -22,7 +22,7 @@ from typing import Any, BinaryIO
 
 import safetensors.torch
 import torch
-from safetensors.torch import save_file
+from safetensors.torch import save as safetensors_bytes
 
 from pretrain.encoders import BACKBONES, Encoder, build_encoder, encoder_blocks
 from pretrain.files import atomic_write
@@ -93,7 +93,9 @@ def save_encoder(
     }
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in encoder.state_dict().items()}
     header = {METADATA_KEY: json.dumps(metadata, default=str)}
-    return atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=header))
+    # Written from Python: a full disk then raises OSError(ENOSPC) (safetensors' own writer raises its own error type).
+    blob = safetensors_bytes(tensors, metadata=header)
+    return atomic_write(path, lambda tmp: tmp.write_bytes(blob), size=len(blob))
 
 
 def load_encoder(path: str | os.PathLike) -> EncoderFile:

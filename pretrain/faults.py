@@ -20,7 +20,8 @@ class FaultTolerance:
       training steps (None: at every epoch end instead), at the last epoch end and on SIGTERM; it holds
       the data position and the random state, so ``resume=RUN`` continues the run exactly.
     - a NaN or infinite training loss stops the run within ``check_finite_every_n_steps``
-      steps, before any later checkpoint or encoder is written.
+      steps, a NaN or infinite weight or validation loss at the next checkpoint, validation or
+      training end (``FiniteLossGuard``): no checkpoint or encoder of them is written.
     """
 
     def __init__(self, checkpoint_every_n_steps: int | None = 1000, check_finite_every_n_steps: int = 10) -> None:

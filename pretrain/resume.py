@@ -12,10 +12,13 @@
 
 from __future__ import annotations
 
+import zipfile
 from pathlib import Path
 
+import torch
 from omegaconf import DictConfig, OmegaConf
 
+from pretrain.callbacks.finite_loss import nonfinite, some
 from pretrain.validate import ConfigError
 
 AUTO = "auto"
@@ -59,6 +62,57 @@ def checkpoint_to_resume(resume: str | None, run_dir: Path) -> str | None:
             f"(it holds {LAST}); a run killed before its first checkpoint cannot be resumed: start it afresh."
         )
     return str(checkpoint)
+
+
+def check_resumable(checkpoint: str, model: torch.nn.Module) -> None:
+    """Refuse a checkpoint that ``model`` cannot continue from, before the run writes anything: one
+    that cannot be read (truncated, say), is no Lightning checkpoint, holds another model (another
+    run's, or the run's config was edited since) or holds NaN or infinite weights."""
+    try:
+        # Memory-mapped: the weights are read from the file as they are checked, not copied into memory.
+        state = torch.load(checkpoint, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as err:
+        if zipfile.is_zipfile(checkpoint):  # torch's own reason; else it says no more than "invalid argument"
+            reason = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+        else:
+            reason = "not a whole zip archive, as torch writes: cut short, or no checkpoint at all"
+        raise ConfigError(
+            f"resume: {checkpoint} cannot be read as a checkpoint ({reason}); it was damaged, e.g. by a full disk "
+            "or an interrupted copy: restore a good copy of it, or start the run afresh"
+        ) from None
+    keys = ("state_dict", "optimizer_states", "loops", "global_step")
+    if not (isinstance(state, dict) and isinstance(state.get("state_dict"), dict) and all(k in state for k in keys)):
+        raise ConfigError(
+            f"resume: {checkpoint} is not a checkpoint of a training run (it lacks {', '.join(keys)}); "
+            "point resume at the folder of an interrupted run"
+        )
+    saved, expected = state["state_dict"], model.state_dict()
+    shapes = [
+        f"{k} {tuple(saved[k].shape)} there, {tuple(v.shape)} here"
+        for k, v in expected.items()
+        if isinstance(saved.get(k), torch.Tensor) and saved[k].shape != v.shape
+    ]
+    differences = [
+        f"{what}: {some(names)}"
+        for what, names in (
+            ("missing", [k for k in expected if k not in saved]),
+            ("not in the model", [k for k in saved if k not in expected]),
+            ("of other shapes", shapes),
+        )
+        if names
+    ]
+    if differences:
+        raise ConfigError(
+            f"resume: {checkpoint} holds another model than the one the run's config builds ({'; '.join(differences)}):"
+            " it is another run's checkpoint, or the run's .hydra/config.yaml was edited since; resume it with the "
+            "config it was written with, or start afresh"
+        )
+    bad = nonfinite(saved)
+    if bad:
+        raise ConfigError(
+            f"resume: {checkpoint} holds NaN or infinite weights ({some(bad)}): no run can continue from it; "
+            "start the run afresh"
+        )
 
 
 def resumed_config(cfg: DictConfig, hydra_dir: Path, overrides: list[str]) -> tuple[DictConfig, Path]:

@@ -1,14 +1,17 @@
-"""``python tests/fault_injection.py STEP SIGNAL OVERRIDES...``: ``python -m pretrain OVERRIDES``,
-except that the process sends itself SIGNAL (SIGKILL, SIGTERM) after training step STEP."""
+"""``python tests/fault_injection.py STEP FAULT OVERRIDES...``: ``python -m pretrain OVERRIDES``,
+except that after training step STEP the process sends itself FAULT (SIGKILL, SIGTERM), or with
+FAULT=ENOSPC finds the disk full: every later checkpoint write fails as ``write`` does then."""
 
 from __future__ import annotations
 
+import errno
 import os
 import runpy
 import signal
 import sys
 
 import lightning as L
+import torch
 
 import pretrain.trainer
 
@@ -22,10 +25,25 @@ class SignalAt(L.Callback):
             os.kill(os.getpid(), self.signum)
 
 
+def full_disk(obj: object, f) -> None:
+    """``torch.save`` on a full disk: the first bytes go through, then ``write`` fails."""
+    f.write(b"PK\x03\x04 the first bytes")
+    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+
+class DiskFullAt(L.Callback):
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_end(self, trainer: L.Trainer, *args: object) -> None:
+        if trainer.global_step == self.step:
+            torch.save = full_disk
+
+
 if __name__ == "__main__":
     step, name, *overrides = sys.argv[1:]
     build = pretrain.trainer.build_trainer
-    callback = SignalAt(int(step), getattr(signal, name))
+    callback = DiskFullAt(int(step)) if name == "ENOSPC" else SignalAt(int(step), getattr(signal, name))
     pretrain.trainer.build_trainer = lambda cfg, run_dir, callbacks=(), faults=None: build(
         cfg, run_dir, [*callbacks, callback], faults=faults
     )

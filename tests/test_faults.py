@@ -4,9 +4,11 @@ checkpoint write is atomic and every checkpoint load unpickles nothing but tenso
 
 from __future__ import annotations
 
+import errno
 import os
 import pathlib
 import pickle
+import re
 import signal
 import subprocess
 import sys
@@ -15,7 +17,9 @@ import lightning as L
 import pytest
 import torch
 from conftest import QUIET, REPO, make_config
+from fault_injection import full_disk
 from lightning.pytorch.callbacks import ModelCheckpoint
+from omegaconf import OmegaConf, open_dict
 from safetensors.torch import load_file
 
 import pretrain.__main__ as pretrain_main
@@ -23,8 +27,8 @@ from pretrain.callbacks.finite_loss import FiniteLossGuard, NonFiniteLossError
 from pretrain.callbacks.last_checkpoint import LastCheckpoint
 from pretrain.callbacks.random_state import collect, restore
 from pretrain.data import EpochPermutation, TensorBatches
-from pretrain.files import AtomicCheckpointIO
-from pretrain.resume import checkpoint_to_resume, resumed_config
+from pretrain.files import AtomicCheckpointIO, NoSpaceError, remove_stale_temporaries
+from pretrain.resume import check_resumable, checkpoint_to_resume, resumed_config
 from pretrain.trainer import build_trainer
 from pretrain.validate import ConfigError
 
@@ -53,6 +57,13 @@ def checkpoint(run_dir: pathlib.Path) -> dict:
     return torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
 
 
+def dead_pid() -> int:
+    """The process id of a process that has ended."""
+    process = subprocess.Popen([sys.executable, "-c", "pass"])
+    process.wait()
+    return process.pid
+
+
 def interrupted(tmp_path: pathlib.Path, step: int, signame: str, run_dir: pathlib.Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     return subprocess.run(
@@ -79,6 +90,8 @@ def test_sigkill_mid_epoch_then_resume_ends_with_the_same_weights(tmp_path, unin
     assert state["global_step"] == 25  # the last step-5 checkpoint, mid-epoch
     assert state["loops"]["fit_loop"]["state_dict"]["combined_loader"] == [{"epoch": 1, "batches": 6}]
     assert not (run_dir / "encoder.safetensors").exists()
+    stale = run_dir / "checkpoints" / f".last.ckpt.{dead_pid()}.tmp"  # what a kill during a write leaves
+    stale.write_bytes(b"half a checkpoint")
     resumed = subprocess.run(
         [sys.executable, "-m", "pretrain", f"resume={run_dir}"],
         cwd=tmp_path,
@@ -89,6 +102,7 @@ def test_sigkill_mid_epoch_then_resume_ends_with_the_same_weights(tmp_path, unin
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert same(weights(run_dir), uninterrupted)  # bit for bit
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]  # no second run folder
+    assert sorted(p.name for p in stale.parent.iterdir()) == ["last.ckpt"]
     assert (run_dir / ".hydra" / "resume" / "overrides.yaml").read_text().strip() == f"- resume={run_dir}"
     assert "trainer.max_epochs=3" in (run_dir / ".hydra" / "overrides.yaml").read_text()  # the original, kept
 
@@ -159,11 +173,61 @@ def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, mon
     assert not (tmp_path / "encoder.safetensors").exists() and not (tmp_path / "results.json").exists()
 
 
-def test_a_diverging_learning_rate_is_stopped(tmp_path):
-    cfg = make_config("pretrain", [*RUN, "optimizer=sgd", "optimizer.lr=1e6"])
-    with pytest.raises(NonFiniteLossError, match=r"became (nan|inf).*optimizer.lr, now 1000000.0"):
+def test_a_diverging_learning_rate_is_stopped_and_no_checkpoint_is_claimed(tmp_path):
+    # The loss is nan at step 1; the first checkpoint, at step 2, is refused: none exists, and the message says so.
+    cfg = make_config("pretrain", [*RUN, "optimizer=sgd", "optimizer.lr=1e6", "faults.checkpoint_every_n_steps=2"])
+    with pytest.raises(
+        NonFiniteLossError, match=r"became (nan|inf).*No checkpoint had been written yet.*optimizer.lr, now 1000000.0"
+    ):
         pretrain_main.run(cfg, tmp_path)
     assert not (tmp_path / "encoder.safetensors").exists()
+    assert not (tmp_path / "checkpoints").exists()
+
+
+# One SGD step at lr 1e30 on the whole set: finite weights near 1e28, whose outputs are nan.
+DIVERGED = [*QUIET, "optimizer=sgd", "optimizer.lr=1e30", "data.batch_size=4096"]
+
+
+def test_weights_whose_validation_loss_is_nan_are_not_exported(tmp_path):
+    with pytest.raises(
+        NonFiniteLossError,
+        match=r"^the validation loss became val/loss = nan after optimizer step 1 \(epoch 0\); the run stopped there. "
+        r"No checkpoint had been written yet; no encoder",
+    ):
+        pretrain_main.run(make_config("pretrain", [*DIVERGED, "trainer.max_epochs=1"]), tmp_path)
+    assert not (tmp_path / "encoder.safetensors").exists() and not (tmp_path / "results.json").exists()
+    assert not (tmp_path / "checkpoints").exists()
+
+
+def test_a_checkpoint_of_the_weights_that_diverged_is_never_called_good(tmp_path):
+    cfg = make_config("pretrain", [*DIVERGED, "trainer.max_epochs=2", "faults.checkpoint_every_n_steps=1"])
+    bad = r"The last checkpoint, .*last.ckpt \(after optimizer step 1\), holds the weights that gave it: resuming it"
+    with pytest.raises(NonFiniteLossError, match=r"^the validation loss became val/loss = nan .*" + bad):
+        pretrain_main.run(cfg, tmp_path)
+    assert checkpoint(tmp_path)["global_step"] == 1  # written before its weights were validated
+    assert not (tmp_path / "encoder.safetensors").exists()
+    # Resumed, it stops at once, and the message says why.
+    resumed = make_config("pretrain", [*DIVERGED, "trainer.max_epochs=2", "faults.checkpoint_every_n_steps=1"])
+    with open_dict(resumed):
+        resumed.resume = str(tmp_path)
+    with pytest.raises(NonFiniteLossError, match=r"^the training loss became (nan|inf) at step 1 .*" + bad):
+        pretrain_main.run(resumed, tmp_path)
+
+
+def test_a_nan_weight_refuses_the_checkpoint_and_keeps_the_previous_one(tmp_path, monkeypatch):
+    def poison(module):  # a batch-norm statistic: the training loss (batch statistics) stays finite
+        norm = next(m for m in module.encoder.modules() if isinstance(m, torch.nn.BatchNorm1d))
+        norm.running_var[0] = float("inf")
+
+    with_callback(monkeypatch, At(12, poison))
+    with pytest.raises(
+        NonFiniteLossError,
+        match=r"^the weights became NaN or infinite \(encoder\..*running_var\) after optimizer step 15 \(epoch 0\).*"
+        r"The last checkpoint, .*last.ckpt \(after optimizer step 10\), is from before it and was kept",
+    ):
+        pretrain_main.run(make_config("pretrain", [*RUN, "backbone.batch_norm=true"]), tmp_path)
+    state = checkpoint(tmp_path)
+    assert state["global_step"] == 10 and all(torch.isfinite(v).all() for v in state["state_dict"].values())
 
 
 class _PerImageLoss(L.LightningModule):
@@ -207,6 +271,33 @@ def test_the_guard_finds_a_bad_value_anywhere_in_a_non_scalar_loss_and_nothing_e
     assert guard._losses == [] and guard._seen == []
 
 
+class _Loaded(_PerImageLoss):
+    """Starts from weights with a NaN, as a damaged encoder file would give."""
+
+    def __init__(self) -> None:
+        super().__init__(bad_step=-1)
+        with torch.no_grad():
+            self.layer.weight[0, 0] = float("nan")
+
+
+def test_the_guard_blames_loaded_weights_and_claims_no_checkpoint(tmp_path):
+    trainer = L.Trainer(
+        max_epochs=1,
+        logger=False,
+        enable_progress_bar=False,
+        callbacks=[FiniteLossGuard(every_n_steps=3), LastCheckpoint(tmp_path, every_n_train_steps=1)],
+    )
+    with pytest.raises(NonFiniteLossError) as err:
+        trainer.fit(_Loaded(), torch.utils.data.DataLoader(torch.randn(8, 2), batch_size=4))
+    assert str(err.value) == (
+        "the weights the run started with hold NaN or infinite values (layer.weight); the run stopped before its "
+        "first step. No checkpoint had been written yet; no encoder or results were written. These weights were "
+        "loaded, not trained (from the encoder file or the checkpoint the run started from): no setting of this run "
+        "can help; use a file with finite weights."
+    )
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_the_trainer_writes_checkpoints_atomically_and_loads_no_code(tmp_path, monkeypatch):
     trainer = build_trainer(make_config("pretrain", QUIET).trainer, tmp_path)
     io = trainer.strategy.checkpoint_io.checkpoint_io  # inside AsyncCheckpointIO's background writer
@@ -215,7 +306,7 @@ def test_the_trainer_writes_checkpoints_atomically_and_loads_no_code(tmp_path, m
     io.save_checkpoint({"w": torch.ones(3)}, path)
 
     def killed_midway(obj, f):
-        pathlib.Path(f).write_bytes(b"half a checkpoint")
+        f.write(b"half a checkpoint")
         raise OSError("killed")
 
     monkeypatch.setattr(torch, "save", killed_midway)
@@ -351,3 +442,125 @@ def test_last_checkpoint_files_its_state_under_model_checkpoints_key(tmp_path):
     kept = LastCheckpoint(tmp_path, every_n_train_steps=5)
     assert kept.state_key == ModelCheckpoint.state_key.fget(kept)
     assert kept.state_key.startswith("LastCheckpoint{") and "'every_n_train_steps': 5" in kept.state_key
+
+
+def _lightning_checkpoint(model: torch.nn.Module, **changes) -> dict:
+    return {"state_dict": model.state_dict(), "optimizer_states": [], "loops": {}, "global_step": 5, **changes}
+
+
+def test_resume_refuses_a_checkpoint_the_model_cannot_continue_from(tmp_path):
+    model = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.BatchNorm1d(3))
+    path = tmp_path / "last.ckpt"
+    torch.save(_lightning_checkpoint(model), path)
+    check_resumable(str(path), model)  # its own: accepted
+    whole = path.read_bytes()
+
+    path.write_bytes(whole[: len(whole) // 2])  # cut short: a full disk, an interrupted copy
+    with pytest.raises(ConfigError, match=r"last.ckpt cannot be read as a checkpoint \(not a whole zip archive"):
+        check_resumable(str(path), model)
+    torch.save({"weights": model.state_dict()}, path)
+    with pytest.raises(ConfigError, match=r"is not a checkpoint of a training run \(it lacks state_dict, optim"):
+        check_resumable(str(path), model)
+    other_task = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.Linear(3, 2))
+    torch.save(_lightning_checkpoint(other_task), path)
+    with pytest.raises(
+        ConfigError,
+        match=r"holds another model than the one the run's config builds \(missing: 1.running_mean, 1.running_var, "
+        r"1.num_batches_tracked; of other shapes: 1.weight \(2, 3\) there, \(3,\) here, 1.bias \(2,\) there, "
+        r"\(3,\) here\): it is another run's checkpoint, or the run's .hydra/config.yaml was edited since",
+    ):
+        check_resumable(str(path), model)
+    wider = torch.nn.Sequential(torch.nn.Linear(4, 5), torch.nn.BatchNorm1d(5), torch.nn.ReLU(), torch.nn.Linear(5, 1))
+    torch.save(_lightning_checkpoint(wider), path)
+    with pytest.raises(ConfigError, match=r"\(not in the model: 3.weight, 3.bias; of other shapes: 0.weight \(5, 4\) "):
+        check_resumable(str(path), model)
+    state = _lightning_checkpoint(model)
+    state["state_dict"]["1.running_var"][1] = float("nan")
+    torch.save(state, path)
+    with pytest.raises(ConfigError, match=r"holds NaN or infinite weights \(1.running_var\): no run can continue"):
+        check_resumable(str(path), model)
+
+
+def test_a_refused_resume_writes_nothing_to_the_run_folder(tmp_path):
+    (tmp_path / "checkpoints").mkdir()
+    torch.save(_lightning_checkpoint(torch.nn.Linear(2, 2)), tmp_path / "checkpoints" / "last.ckpt")  # another model
+    before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    with pytest.raises(ConfigError, match=r"than the one the run's config builds \(missing: encoder"):
+        pretrain_main.run(make_config("pretrain", [*QUIET, f"resume={tmp_path}"]), tmp_path)
+    assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == before
+
+
+@pytest.mark.slow
+def test_a_refused_resume_is_one_line_exit_2_and_leaves_the_run_as_it_was(tmp_path):
+    run_dir = tmp_path / "run"
+    (run_dir / ".hydra").mkdir(parents=True)
+    (run_dir / ".hydra" / "config.yaml").write_text(OmegaConf.to_yaml(make_config("pretrain", QUIET)))
+    (run_dir / "pretrain.log").write_text("[the first run's log]\n")
+    (run_dir / "checkpoints").mkdir()
+    torch.save(_lightning_checkpoint(torch.nn.Linear(2, 2)), run_dir / "checkpoints" / "last.ckpt")
+    last = (run_dir / "checkpoints" / "last.ckpt").read_bytes()
+    (run_dir / "checkpoints" / "last.ckpt").write_bytes(last[:-100])  # cut short
+    before = {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()}
+    refused = subprocess.run(
+        [sys.executable, "-m", "pretrain", f"resume={run_dir}"],
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        capture_output=True,
+        text=True,
+    )
+    assert refused.returncode == 2, refused.stderr[-3000:]
+    assert refused.stderr.startswith(f"error: resume: {run_dir / 'checkpoints' / 'last.ckpt'} cannot be read as a")
+    assert len(refused.stderr.splitlines()) == 1
+    after = {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()}
+    assert {p: after[p] for p in before} == before
+    assert all(".hydra/resume/" in str(p) for p in after.keys() - before.keys())  # only Hydra's record of the command
+
+
+def test_a_full_disk_keeps_the_last_checkpoint_and_names_the_file(tmp_path, monkeypatch):
+    with_callback(monkeypatch, At(7, lambda _: monkeypatch.setattr(torch, "save", full_disk)))
+    last = tmp_path / "checkpoints" / "last.ckpt"
+    with pytest.raises(NoSpaceError) as err:
+        pretrain_main.run(make_config("pretrain", RUN), tmp_path)
+    assert err.value.errno == errno.ENOSPC
+    assert re.fullmatch(rf"no space left on device writing {last} \(about \d+ .B needed, \d+ .B free\)", str(err.value))
+    monkeypatch.undo()
+    assert checkpoint(tmp_path)["global_step"] == 5  # the write at step 10 failed; the one before is whole
+    assert sorted(p.name for p in last.parent.iterdir()) == ["last.ckpt"]
+    assert not (tmp_path / "encoder.safetensors").exists()
+
+
+@pytest.mark.slow
+def test_a_full_disk_is_one_line_and_its_own_exit_status(tmp_path):
+    run_dir = tmp_path / "run"
+    full = interrupted(tmp_path, 27, "ENOSPC", run_dir)
+    assert full.returncode == 74, full.stderr[-3000:]
+    last = run_dir / "checkpoints" / "last.ckpt"
+    assert full.stderr.strip().splitlines()[-1] == (
+        f"error: no space left on device writing {last} (about "
+        + full.stderr.split("(about ")[1].split(")")[0]
+        + f"): {last} from before is intact; free space there and continue with: python -m pretrain resume={run_dir}"
+    )
+    assert "Traceback" not in full.stderr and "Logging error" not in full.stderr
+    assert checkpoint(run_dir)["global_step"] == 25
+    assert sorted(p.name for p in last.parent.iterdir()) == ["last.ckpt"]
+
+
+def test_temporary_files_of_dead_writers_are_removed_and_live_ones_kept(tmp_path):
+    dead = dead_pid()
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        names = [f".last.ckpt.{dead}.tmp", f".last.ckpt.{live.pid}.tmp", ".notes.tmp", "last.ckpt", "7.tmp"]
+        for name in names:
+            (tmp_path / name).write_bytes(b"half")
+        trainer = L.Trainer(
+            max_epochs=1,
+            logger=False,
+            enable_progress_bar=False,
+            callbacks=[LastCheckpoint(tmp_path, every_n_train_steps=1)],
+        )
+        trainer.fit(_PerImageLoss(bad_step=-1), torch.utils.data.DataLoader(torch.randn(8, 2), batch_size=4))
+        assert sorted(p.name for p in tmp_path.iterdir()) == sorted(n for n in names if str(dead) not in n)
+        assert remove_stale_temporaries(tmp_path / "absent") == []
+    finally:
+        live.kill()
+        live.wait()

@@ -10,6 +10,8 @@ import lightning as L
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
+from pretrain.files import remove_stale_temporaries
+
 
 class LastCheckpoint(ModelCheckpoint):
     """Keeps ``last.ckpt`` in ``dirpath`` current, and writes no other checkpoint.
@@ -22,6 +24,9 @@ class LastCheckpoint(ModelCheckpoint):
     interval it is written at the end of every epoch instead. Not at every epoch end with
     one: a fine-tuning epoch of a few hundred images takes less time than writing the
     checkpoint (scripts/bench.py).
+
+    A run starting or resuming in ``dirpath`` removes the temporary files that writers killed
+    mid-write left there (``.last.ckpt.PID.tmp``, of processes no longer running).
 
     Plain ``ModelCheckpoint(save_top_k=0, save_last=True)`` refreshes ``last.ckpt`` at an
     epoch end only when it also saved a top-k checkpoint there, that is never; and it would
@@ -37,6 +42,17 @@ class LastCheckpoint(ModelCheckpoint):
             enable_version_counter=False,
         )
         self._state_key = super().state_key
+        self.written: tuple[Path, int] | None = None
+        """The checkpoint this process last wrote (or is writing, in the background) and its global step."""
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        super().setup(trainer, pl_module, stage)
+        if stage == "fit" and trainer.is_global_zero:
+            remove_stale_temporaries(self.dirpath)
+
+    def _save_checkpoint(self, trainer: L.Trainer, filepath: str) -> None:
+        super()._save_checkpoint(trainer, filepath)  # raises, and records nothing, if the checkpoint was refused
+        self.written = (Path(filepath), trainer.global_step)
 
     @property
     def state_key(self) -> str:
