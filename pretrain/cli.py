@@ -40,7 +40,7 @@ def run_command(cfg: DictConfig, run: Callable[[DictConfig, Path], Any]) -> None
     before = _files(hydra_dir)
     run_dir = hydra_dir
     try:
-        cfg, run_dir = resumed_config(cfg, hydra_dir, list(hydra.overrides.task))
+        cfg, run_dir = resumed_config(cfg, hydra_dir, list(hydra.overrides.task), hydra.job.config_name)
         run(cfg, run_dir)
     except SIGTERMException:
         if hydra.mode == RunMode.MULTIRUN:

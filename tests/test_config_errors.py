@@ -60,12 +60,16 @@ BAD_CONFIGS = [
     (
         "pretrain",
         ["optimizer._target_=torch.optim.Adamm"],
-        r"optimizer._target_='torch.optim.Adamm' cannot be imported",
+        r"optimizer._target_='torch.optim.Adamm' is not one of \['torch.optim.Adagrad', 'torch.optim.Adam', ",
     ),
-    ("pretrain", ["optimizer._target_=torch.nn.Linear"], r"optimizer._target_=torch.nn.Linear is not a torch.optim"),
-    ("pretrain", ["task._target_=pretrain.tasks.jigsaw.Jigsaw"], r"task._target_=.* cannot be imported"),
+    ("pretrain", ["optimizer._target_=torch.nn.Linear"], r"optimizer._target_='torch.nn.Linear' is not one of"),
+    ("pretrain", ["task._target_=pretrain.tasks.jigsaw.Jigsaw"], r"task._target_='pretrain.tasks.jigsaw.Jigsaw' is"),
     ("pretrain", ["backbone.arch=transformer"], r"backbone.arch='transformer' is not an architecture"),
-    ("pretrain", ["data.mean={_target_:os.system,command:ls}"], r"data.mean has a _target_: only the top node"),
+    (
+        "pretrain",
+        ["data.mean={_target_:os.system,command:ls}"],
+        r"data.mean._target_='os.system': a config may build only what conf/ declares, .* no _target_ at data.mean$",
+    ),
     (
         "pretrain",
         ["data.name=fashion-mnist"],
@@ -283,3 +287,4 @@ def test_omegaconf_round_trip_of_the_saved_config_is_valid(tmp_path):
     saved = tmp_path / "config.yaml"
     OmegaConf.save(make_config("pretrain", ["optimizer=sgd"]), saved)
     validate_config(OmegaConf.load(saved), "pretrain")
+
