@@ -40,7 +40,7 @@ def explain(err: CompactHydraException, name: str, overrides: Sequence[str]) -> 
     # A sweep's values (seed=0,1,2) compose one at a time: leave them out, the keys are the point.
     overrides = [o.input_line for o in parsed if not o.is_sweep_override()]
     for _ in range(len(overrides)):  # each round appends one key that the config does not have
-        if isinstance(err, MissingConfigException) and err.missing_cfg_file and err.options is not None:
+        if isinstance(err, MissingConfigException) and "/" in (err.missing_cfg_file or "") and err.options:
             group, _, option = err.missing_cfg_file.rpartition("/")
             return f"{group}={option} is not an option of {group}{_did_you_mean(option, err.options)}"
         key = getattr(err.__cause__, "full_key", None)
