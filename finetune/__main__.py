@@ -6,18 +6,16 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import hydra
 import lightning as L
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from finetune.classifier import Classifier
 from finetune.schedule import FreezeSchedule
-from pretrain.cli import run_command
+from pretrain.cli import command
 from pretrain.encoders import build_encoder
 from pretrain.export import EncoderFile, load_encoder
 from pretrain.files import sha256, write_json
-from pretrain.hydra_ddp import rank_processes_rerun_this_job
 from pretrain.resume import check_resumable, checkpoint_to_resume
 from pretrain.text import printable
 from pretrain.trainer import build_trainer
@@ -91,11 +89,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     return results
 
 
-@hydra.main(version_base="1.3", config_path=str(Path(__file__).resolve().parents[1] / "conf"), config_name="finetune")
-def main(cfg: DictConfig) -> None:
-    with rank_processes_rerun_this_job():
-        run_command(cfg, run)
-
+main = command("finetune", run)
 
 if __name__ == "__main__":
     main()

@@ -5,16 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import hydra
 import lightning as L
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from pretrain.cli import run_command
+from pretrain.cli import command
 from pretrain.encoders import build_encoder
 from pretrain.export import save_encoder
 from pretrain.files import write_json
-from pretrain.hydra_ddp import rank_processes_rerun_this_job
 from pretrain.resume import check_resumable, checkpoint_to_resume
 from pretrain.trainer import build_trainer
 from pretrain.validate import validate_config
@@ -60,13 +58,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     return results
 
 
-# An absolute path: the console script `pretrain` imports this module from the package, where
-# Hydra would read a relative path as a Python module name.
-@hydra.main(version_base="1.3", config_path=str(Path(__file__).resolve().parents[1] / "conf"), config_name="pretrain")
-def main(cfg: DictConfig) -> None:
-    with rank_processes_rerun_this_job():
-        run_command(cfg, run)
-
+main = command("pretrain", run)
 
 if __name__ == "__main__":
     main()

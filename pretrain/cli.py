@@ -1,13 +1,14 @@
 """The command-line face of ``python -m pretrain`` and ``python -m finetune``: resuming, one clear
-message per error, exit statuses, and no run folder left behind by a run that never started.
+message per error, exit statuses, one run per folder, and no run folder left behind by a run
+that never started.
 
-Errors in what the user gave (config, data, encoder file, checkpoint) print ``error: MESSAGE``
-and exit with status 2; a run stopped by a NaN loss exits with 1, a run stopped by SIGTERM with
-143 (128 + 15, as if the signal had killed it) after saving its checkpoint, a run that found its
-disk full with 74 (``EX_IOERR`` of sysexits.h: neither the input nor the run is at fault, and the
-checkpoint it had is intact, so it can be resumed once there is space). With
-``HYDRA_FULL_ERROR=1`` the exception is raised with its whole traceback instead, and under
-``--multirun`` it is raised for the sweep to handle.
+Errors in what the user gave (command line, config, data, encoder file, checkpoint, a folder
+another run holds) print ``error: MESSAGE`` and exit with status 2; a run stopped by a NaN loss
+exits with 1, a run stopped by SIGTERM with 143 (128 + 15, as if the signal had killed it) after
+saving its checkpoint, a run that found its disk full with 74 (``EX_IOERR`` of sysexits.h:
+neither the input nor the run is at fault, and the checkpoint it had is intact, so it can be
+resumed once there is space). With ``HYDRA_FULL_ERROR=1`` the exception is raised with its
+whole traceback instead, and under ``--multirun`` it is raised for the sweep to handle.
 """
 
 from __future__ import annotations
@@ -16,36 +17,133 @@ import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
+import hydra
+from hydra._internal.utils import get_args_parser  # the command line as @hydra.main reads it
 from hydra.core.hydra_config import HydraConfig
-from hydra.errors import InstantiationException
+from hydra.errors import CompactHydraException, InstantiationException
+from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from lightning.pytorch.utilities.exceptions import SIGTERMException
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from pretrain.callbacks.finite_loss import NonFiniteLossError
+from pretrain.compose import explain
 from pretrain.data import DataError
 from pretrain.encoders import EncoderError
 from pretrain.export import EncoderFileError
 from pretrain.files import NoSpaceError, no_space_cause
-from pretrain.resume import LAST, resumed_config
+from pretrain.hydra_ddp import rank_processes_rerun_this_job
+from pretrain.resume import AUTO, LAST, checkpoint_to_resume, resumable, resumed_config, run_folder
+from pretrain.run_folder import LOCK, RunFolderError, hold, release
 from pretrain.text import printable
-from pretrain.validate import ConfigError
+from pretrain.validate import CONF, ConfigError
 
-INPUT_ERRORS = (ConfigError, DataError, EncoderError, EncoderFileError)
+INPUT_ERRORS = (ConfigError, DataError, EncoderError, EncoderFileError, RunFolderError)
 EX_IOERR = 74
 OUR_CODE = tuple(str(Path(__file__).resolve().parents[1] / pkg) + os.sep for pkg in ("pretrain", "finetune"))
+FULL_ERROR = "HYDRA_FULL_ERROR"
+_composing = False  # FULL_ERROR is ours: set while Hydra composes the config for ``command``
+
+
+def command(name: str, run: Callable[[DictConfig, Path], Any]) -> Callable[[], None]:
+    """``python -m NAME``: compose ``conf/NAME.yaml`` with the command line and call
+    ``run(cfg, run_dir)`` (see ``run_command``).
+
+    Hydra refuses a mistyped key, group or option itself, before any of our code runs, with a
+    message that suggests the wrong fix (``+data.batchsize=32``) and exit 1. Unless
+    HYDRA_FULL_ERROR is set: then it raises the error. So it is set while Hydra composes, our
+    words for the error are printed (``pretrain.compose.explain``), and ``CommandStart`` unsets
+    it once the composition has passed, for everything after to be reported as before."""
+
+    # An absolute path: the console script `pretrain` imports the package, where Hydra would
+    # read a relative path as a Python module name.
+    @hydra.main(version_base="1.3", config_path=str(CONF), config_name=name)
+    def hydra_main(cfg: DictConfig) -> None:
+        with rank_processes_rerun_this_job():
+            run_command(cfg, run)
+
+    def main() -> None:
+        global _composing
+        if FULL_ERROR in os.environ:  # the user's own setting
+            hydra_main()
+            return
+        os.environ[FULL_ERROR], _composing = "1", True
+        try:
+            hydra_main()
+        except CompactHydraException as err:  # Hydra's refusal of the command line: nothing is written yet
+            args = get_args_parser().parse_args()
+            refuse(explain(err, args.config_name or name, args.overrides))
+        finally:
+            composed()
+
+    return main
+
+
+def composed() -> None:
+    """The composition is over: Hydra reports errors its own way again."""
+    global _composing
+    if _composing:
+        os.environ.pop(FULL_ERROR, None)
+        _composing = False
+
+
+class CommandStart(Callback):
+    """Runs right after Hydra composed the command's config, before it writes anything: takes the
+    run's (or sweep's) folder (``pretrain.run_folder``). Configured in ``hydra.callbacks``."""
+
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        composed()
+        folder, resume = Path(OmegaConf.select(config, "hydra.run.dir")), config.get("resume")
+        resumes = resume not in (None, AUTO)
+        try:
+            if resumes and not run_folder(resume).is_dir():
+                checkpoint_to_resume(resume, run_folder(resume))  # says so, and nothing is made
+            hold(folder, new_run=resume is None)  # the folder Hydra selects next: ${now:...} resolves once
+            if resumes:  # before Hydra writes its record of this command there
+                resumable(resume, config.hydra.job.config_name)
+        except (ConfigError, RunFolderError) as err:
+            release(folder, remove=True)
+            refuse(err)
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        composed()
+        try:
+            hold(Path(OmegaConf.select(config, "hydra.sweep.dir")), config.get("resume") is None, "multirun.yaml")
+        except RunFolderError as err:
+            refuse(err)
+
+    def on_run_end(self, config: DictConfig, **kwargs: Any) -> None:
+        release(Path(OmegaConf.select(config, "hydra.run.dir")))
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        release(Path(OmegaConf.select(config, "hydra.sweep.dir")))
+
+
+def refuse(error: BaseException | str) -> NoReturn:
+    """The command's answer to bad input: ``error: ...`` and exit status 2."""
+    message = printable(error, keep="\n")  # messages may quote files: no escape sequence reaches the terminal
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(2)
 
 
 def run_command(cfg: DictConfig, run: Callable[[DictConfig, Path], Any]) -> None:
     """Run ``run(cfg, run_dir)`` inside ``@hydra.main`` as a command."""
+    composed()
     hydra = HydraConfig.get()
     hydra_dir = Path(hydra.runtime.output_dir)
+    try:  # a multirun's job takes its folder here; a run has taken it before Hydra wrote there
+        hold(hydra_dir, new_run=False)
+    except RunFolderError as err:
+        if hydra.mode == RunMode.MULTIRUN:
+            raise
+        refuse(err)  # the folder, and what is in it, is the other run's
     before = _files(hydra_dir)
     run_dir = hydra_dir
     try:
-        cfg, run_dir = resumed_config(cfg, hydra_dir, list(hydra.overrides.task))
+        cfg, run_dir = resumed_config(cfg, hydra_dir, list(hydra.overrides.task), hydra.job.config_name)
+        hold(run_dir, new_run=False)
         run(cfg, run_dir)
     except SIGTERMException:
         if hydra.mode == RunMode.MULTIRUN:
@@ -64,8 +162,13 @@ def run_command(cfg: DictConfig, run: Callable[[DictConfig, Path], Any]) -> None
         if isinstance(error, NoSpaceError):
             print(f"error: {message}: {_after_no_space(run_dir, hydra.job.config_name)}", file=sys.stderr)
             sys.exit(EX_IOERR)
-        print(f"error: {message}", file=sys.stderr)
-        sys.exit(1 if isinstance(error, NonFiniteLossError) else 2)
+        if isinstance(error, NonFiniteLossError):
+            print(f"error: {message}", file=sys.stderr)
+            sys.exit(1)
+        refuse(error)
+    finally:  # a sweep runs its jobs one after another in one process
+        release(run_dir)
+        release(hydra_dir)
 
 
 def _reported(err: BaseException, run_dir: Path | None = None) -> BaseException | None:
@@ -106,8 +209,9 @@ def _remove_if_only_hydra_wrote(folder: Path, hydra_files: set[Path]) -> None:
     Hydra wrote before the run (its .hydra record and log), and then its empty parents."""
     if not folder.is_dir() or _files(folder) - hydra_files:
         return
-    if any(p.name != f"{HydraConfig.get().job.name}.log" and ".hydra" not in p.parts for p in hydra_files):
+    if any(p.name not in (f"{HydraConfig.get().job.name}.log", LOCK) and ".hydra" not in p.parts for p in hydra_files):
         return  # a folder that held more than Hydra's record before this run (e.g. resume=): keep
+    release(folder, remove=True)
     for path in hydra_files:
         path.unlink(missing_ok=True)
     folder = folder.resolve()

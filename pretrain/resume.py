@@ -1,7 +1,8 @@
 """``resume=RUN``: continue an interrupted run in its own folder, from ``RUN/checkpoints/last.ckpt``.
 
 - ``resume=RUN`` (a run folder, or a ``.ckpt`` inside it): the run continues with the
-  config it was started with (``RUN/.hydra/config.yaml``) and writes to ``RUN`` itself. The
+  config it was started with (composed again from ``conf/`` and the overrides recorded in
+  ``RUN/.hydra/overrides.yaml``: see ``resumed_config``) and writes to ``RUN`` itself. The
   config files point Hydra's run folder there too (``hydra.run.dir`` through the
   ``resume_dir`` resolver), so no second folder is made; Hydra's record of the resuming
   command goes to ``RUN/.hydra/resume`` and leaves the original one alone.
@@ -12,13 +13,20 @@
 
 from __future__ import annotations
 
+import re
 import zipfile
 from pathlib import Path
+from typing import Any
 
 import torch
+import yaml
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.errors import CompactHydraException
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 from pretrain.callbacks.finite_loss import nonfinite, some
+from pretrain.compose import compose_config, explain
 from pretrain.validate import ConfigError
 
 AUTO = "auto"
@@ -115,26 +123,115 @@ def check_resumable(checkpoint: str, model: torch.nn.Module) -> None:
         )
 
 
-def resumed_config(cfg: DictConfig, hydra_dir: Path, overrides: list[str]) -> tuple[DictConfig, Path]:
-    """The config and folder a command runs with: with ``resume=RUN``, RUN's own config (the
-    command line may add nothing else but Hydra options) and RUN; otherwise ``cfg`` and Hydra's folder."""
+def resumed_config(cfg: DictConfig, hydra_dir: Path, overrides: list[str], name: str) -> tuple[DictConfig, Path]:
+    """The config and folder ``python -m NAME`` runs with: with ``resume=RUN``, RUN's config (the
+    command line may add nothing else but Hydra options) and RUN; otherwise ``cfg`` and Hydra's folder.
+
+    RUN may be anyone's folder, so nothing in it is code or chooses code: its config is composed
+    again from ``conf/`` and the overrides it records, and ``validate_config`` then allows only
+    the targets ``conf/`` declares (``pretrain.targets``). Its ``config.yaml`` must match that
+    composition: else it was edited, or ``conf/`` changed since, and the run would not continue
+    as it started."""
     resume = cfg.get("resume")
     if resume in (None, AUTO):
         return cfg, hydra_dir
-    folder = run_folder(resume)
-    saved = folder / ".hydra" / "config.yaml"
-    checkpoint_to_resume(resume, folder)  # the folder and its checkpoint exist
-    if not saved.is_file():
-        raise ConfigError(
-            f"resume={resume}: {folder} is not the folder of a run started from the command line "
-            f"(it has no .hydra/config.yaml); point resume at outputs/.../DATE/TIME of the interrupted run"
-        )
     extra = [o for o in overrides if not o.lstrip("+~").startswith(("resume=", "hydra.", "hydra/"))]
     if extra:
         raise ConfigError(
-            f"resume={resume} continues that run with the config it was started with ({saved}); "
+            f"resume={resume} continues that run with the config it was started with; "
             f"the other overrides {extra} would change it: drop them, or start a new run"
         )
-    original = OmegaConf.load(saved)
-    original.resume = str(resume)
-    return original, folder
+    folder = resumable(resume, name)
+    record = folder / ".hydra"
+    recorded = _recorded_overrides(resume, record / "overrides.yaml")
+    try:
+        composed = compose_config(name, [*recorded, f"resume={resume}"])
+    except CompactHydraException as err:
+        raise ConfigError(
+            f"resume={resume}: the overrides recorded in {record / 'overrides.yaml'} do not compose: "
+            f"{explain(err, name, recorded)}"
+        ) from None
+    try:
+        saved = OmegaConf.to_container(OmegaConf.load(record / "config.yaml"))
+    except (OmegaConfBaseException, yaml.YAMLError, ValueError) as err:
+        raise ConfigError(f"resume={resume}: {record / 'config.yaml'} is not a config: {err}") from None
+    differ = _differences(saved, OmegaConf.to_container(composed), ())
+    if differ:
+        raise ConfigError(
+            f"resume={resume}: {record / 'config.yaml'} is not the config that conf/ and the run's recorded "
+            f"overrides ({record / 'overrides.yaml'}) compose; it differs at {', '.join(differ[:8])}"
+            f"{' ...' if len(differ) > 8 else ''}. Either the file was edited, or conf/ changed since the run "
+            "started: a resumed run would not continue as it began, so start a new run"
+        )
+    return composed, folder
+
+
+def resumable(resume: str, name: str) -> Path:
+    """The folder of run ``resume``, if it holds a run of ``python -m NAME`` to resume (read only)."""
+    folder = run_folder(resume)
+    record = folder / ".hydra"
+    checkpoint_to_resume(resume, folder)  # the folder and its checkpoint exist
+    if not (record / "config.yaml").is_file() or not (record / "overrides.yaml").is_file():
+        raise ConfigError(
+            f"resume={resume}: {folder} is not the folder of a run started from the command line "
+            f"(it has no .hydra/config.yaml and .hydra/overrides.yaml); point resume at outputs/.../DATE/TIME "
+            "of the interrupted run"
+        )
+    # A fine-tuning command does not resume a pretraining run, nor the other way round.
+    try:
+        started_by = OmegaConf.select(OmegaConf.load(record / "hydra.yaml"), "hydra.job.config_name")
+    except (OSError, OmegaConfBaseException, yaml.YAMLError, ValueError):
+        return folder  # no record of the command: the composition finds what does not fit
+    kinds = {"pretrain": "a pretraining run (python -m pretrain)", "finetune": "a fine-tuning run (python -m finetune)"}
+    if started_by != name and started_by in kinds:
+        raise ConfigError(
+            f"resume={resume}: that folder holds {kinds[started_by]}, not {kinds.get(name, name)}; "
+            f"resume it with python -m {started_by} resume={resume}"
+        )
+    return folder
+
+
+def _recorded_overrides(resume: str, path: Path) -> list[str]:
+    """The overrides a run was started with, as RUN/.hydra/overrides.yaml records them: values
+    only, never Hydra's own settings (its callbacks, launcher, search path are code and files)."""
+    try:
+        recorded = yaml.safe_load(path.read_text())
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
+        raise ConfigError(f"resume={resume}: {path} cannot be read: {err}") from None
+    recorded = [] if recorded is None else recorded
+    if not isinstance(recorded, list) or not all(isinstance(o, str) for o in recorded):
+        raise ConfigError(f"resume={resume}: {path} is not a list of overrides")
+    try:
+        parsed = OverridesParser.create().parse_overrides(recorded)
+    except CompactHydraException as err:
+        raise ConfigError(f"resume={resume}: {path}: {err}") from None
+    # hydra.x=..., hydra/launcher=..., group@hydra.x=...: Hydra's config, not the run's
+    hydra = [
+        o.input_line
+        for o in parsed
+        if any(re.split(r"[./]", p)[0] == "hydra" for p in (o.key_or_group, o.package or ""))
+    ]
+    if hydra:
+        raise ConfigError(
+            f"resume={resume}: {path} sets Hydra's own settings {hydra}, which a run folder may not choose; "
+            "a run started from the command line records none there"
+        )
+    return [o.input_line for o in parsed if o.key_or_group != "resume"]
+
+
+def _differences(saved: Any, composed: Any, at: tuple[str, ...]) -> list[str]:
+    """The key paths where two plain configs differ (``resume`` aside: the resuming command sets it)."""
+    if at == ("resume",):
+        return []
+    if isinstance(saved, dict) and isinstance(composed, dict):
+        keys = sorted(saved.keys() | composed.keys(), key=str)
+        return [d for k in keys for d in _differences(saved.get(k, _ABSENT), composed.get(k, _ABSENT), (*at, str(k)))]
+    if isinstance(saved, list) and isinstance(composed, list) and len(saved) == len(composed):
+        return [
+            d for i, (s, c) in enumerate(zip(saved, composed, strict=True)) for d in _differences(s, c, (*at, str(i)))
+        ]
+    same = type(saved) is type(composed) and (saved == composed or saved != saved and composed != composed)  # NaN
+    return [] if same else [".".join(at) or "the whole config"]
+
+
+_ABSENT = object()

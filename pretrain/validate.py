@@ -5,10 +5,12 @@ without a schema to keep in sync:
 
 - top-level keys are those of the primary config file (``conf/pretrain.yaml`` or
   ``conf/finetune.yaml``) and its config groups; anything else is a typo;
+- a ``_target_`` may appear only where ``conf/`` declares one, with a value declared there
+  (``pretrain.targets``): checked first, on the config as written and as resolved, so that
+  nothing a config names is imported or called unless the project's own files name it too;
 - every node with a ``_target_`` is checked against the signature of what it builds: each
   key must be a parameter (else "did you mean ..."), each value must fit the parameter's type
-  annotation; the target must exist and be of the kind its group builds; no node below it may
-  have a ``_target_`` of its own;
+  annotation; the target must exist and be of the kind its group builds;
 - ``backbone`` is checked the same way against its architecture's builder in
   ``encoders.BACKBONES``; other plain nodes against the keys and value types of the file;
 - a short table of value rules (positive learning rate, batch size, epochs, ...), the data
@@ -28,7 +30,6 @@ import difflib
 import inspect
 import math
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import lightning as L
@@ -43,10 +44,9 @@ from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 from pretrain.data import DATA_SETS, ImageDataModule, value_problems
 from pretrain.encoders import BACKBONES, Encoder
 from pretrain.faults import FaultTolerance
+from pretrain.targets import CONF, undeclared_targets
 from pretrain.tasks.base import PretextTask
 from pretrain.typecheck import describe, fits, parameter_types
-
-CONF = Path(__file__).resolve().parents[1] / "conf"
 
 
 class ConfigError(ValueError):
@@ -111,12 +111,14 @@ RULES: list[tuple[str, Callable[[Any], bool], str]] = [
 def validate_config(cfg: DictConfig, name: str) -> None:
     """Raise one ConfigError listing every problem in ``cfg``, the composed config of
     ``python -m NAME`` (``pretrain`` or ``finetune``)."""
+    _refuse_undeclared_targets(undeclared_targets(cfg))
     try:
         plain = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
     except MissingMandatoryValue as err:
         raise ConfigError(f"{err.full_key} has no value (???): give it one, e.g. {err.full_key}=...") from None
     except OmegaConfBaseException as err:
         raise ConfigError(f"{getattr(err, 'full_key', None) or 'config'}: {getattr(err, 'msg', err)}") from None
+    _refuse_undeclared_targets(undeclared_targets(plain))  # what interpolations (oc.create, ...) made of it
     problems: list[str] = []
     reference = OmegaConf.to_container(OmegaConf.load(CONF / f"{name}.yaml"))
     known = _top_level_keys(reference)
@@ -136,6 +138,11 @@ def validate_config(cfg: DictConfig, name: str) -> None:
     if not problems and isinstance(plain.get("optimizer"), dict):
         _dry_build_optimizer(cfg.optimizer, problems)
     if problems:
+        raise ConfigError("invalid configuration:\n  " + "\n  ".join(problems))
+
+
+def _refuse_undeclared_targets(problems: list[str]) -> None:
+    if problems:  # alone, before any check imports a target to look at it
         raise ConfigError("invalid configuration:\n  " + "\n  ".join(problems))
 
 
@@ -185,10 +192,6 @@ def _check_target(path: str, node: dict[str, Any], problems: list[str]) -> None:
         if key not in params:
             if not takes_any:
                 problems.append(f"{path}.{key} is not an option of {target}{_did_you_mean(key, names)}")
-        elif isinstance(value, dict) and "_target_" in value:
-            # Only a group's own node builds something: a run folder's config (resume=RUN) may
-            # come from elsewhere, and must not be able to call any function Hydra can import.
-            problems.append(f"{path}.{key} has a _target_: only the top node of a config group may have one")
         elif path == "trainer" and key == "precision" and value == "mixed":
             continue  # ours, not Lightning's: pretrain.trainer.resolve_precision picks the real one
         elif not fits(value, params[key].annotation):

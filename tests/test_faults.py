@@ -386,14 +386,18 @@ def test_resume_names_what_is_wrong(tmp_path):
     torch.save({}, tmp_path / "checkpoints" / "last.ckpt")
     assert checkpoint_to_resume("auto", tmp_path) == str(tmp_path / "checkpoints" / "last.ckpt")
     with pytest.raises(ConfigError, match="no .hydra/config.yaml"):
-        resumed_config(make_config("pretrain", [f"resume={tmp_path}"]), tmp_path / "h", [f"resume={tmp_path}"])
+        resumed_config(
+            make_config("pretrain", [f"resume={tmp_path}"]), tmp_path / "h", [f"resume={tmp_path}"], "pretrain"
+        )
     (tmp_path / ".hydra").mkdir()
-    (tmp_path / ".hydra" / "config.yaml").write_text("seed: 3\n")
+    (tmp_path / ".hydra" / "overrides.yaml").write_text("- seed=3\n")
+    OmegaConf.save(make_config("pretrain", ["seed=3"]), tmp_path / ".hydra" / "config.yaml")
     cfg = make_config("pretrain", [f"resume={tmp_path}", "optimizer.lr=0.5"])
     with pytest.raises(ConfigError, match=r"the other overrides \['optimizer.lr=0.5'\] would change it"):
-        resumed_config(cfg, tmp_path / "h", [f"resume={tmp_path}", "optimizer.lr=0.5"])
-    cfg, run_dir = resumed_config(cfg, tmp_path / "h", [f"resume={tmp_path}", "hydra.verbose=true"])
+        resumed_config(cfg, tmp_path / "h", [f"resume={tmp_path}", "optimizer.lr=0.5"], "pretrain")
+    cfg, run_dir = resumed_config(cfg, tmp_path / "h", [f"resume={tmp_path}", "hydra.verbose=true"], "pretrain")
     assert run_dir == tmp_path and cfg.seed == 3 and cfg.resume == str(tmp_path)
+    assert cfg.optimizer.lr == 0.001  # composed from conf/ and the recorded overrides, not the command line
 
 
 def test_finetuning_resumed_after_the_unfreeze_matches(tmp_path, monkeypatch):

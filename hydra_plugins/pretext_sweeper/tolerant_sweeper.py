@@ -22,7 +22,7 @@ from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.config_loader import ConfigLoader
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.utils import JobReturn, JobStatus, filter_overrides
-from hydra.errors import CompactHydraException
+from hydra.errors import CompactHydraException, ConfigCompositionException
 from omegaconf import OmegaConf
 
 
@@ -101,4 +101,11 @@ class TolerantSweeper(BasicSweeper):
         # A composition costs ~0.15 s (Hydra reads and merges every config file again), as much as
         # a short fine-tuning run's training: a 100-seed sweep composes once here, not 100 times.
         loader = self.hydra_context.config_loader
-        super().validate_batch_is_legal(runs_to_compose(batch, config_groups(loader)))
+        for run in runs_to_compose(batch, config_groups(loader)):
+            try:
+                super().validate_batch_is_legal([run])
+            except ConfigCompositionException as err:  # a mistyped key or option: said as for a single run
+                from pretrain.cli import refuse  # here, not at the top: Hydra imports every plugin it finds
+                from pretrain.compose import explain
+
+                refuse(explain(err, self.config.hydra.job.config_name, run))
