@@ -26,7 +26,7 @@ from pretrain.callbacks.finite_loss import NonFiniteLossError
 from pretrain.data import DataError
 from pretrain.encoders import EncoderError
 from pretrain.export import EncoderFileError
-from pretrain.resume import resumed_config
+from pretrain.resume import finished_before_restart, resumed_config
 from pretrain.validate import ConfigError
 
 INPUT_ERRORS = (ConfigError, DataError, EncoderError, EncoderFileError)
@@ -41,6 +41,9 @@ def run_command(cfg: DictConfig, run: Callable[[DictConfig, Path], Any]) -> None
     run_dir = hydra_dir
     try:
         cfg, run_dir = resumed_config(cfg, hydra_dir, list(hydra.overrides.task))
+        if finished_before_restart(cfg.get("resume"), run_dir):
+            print(f"SLURM restarted this job after its run had ended: {run_dir} is left as it is", file=sys.stderr)
+            return
         run(cfg, run_dir)
     except SIGTERMException:
         if hydra.mode == RunMode.MULTIRUN:
