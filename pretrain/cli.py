@@ -35,7 +35,15 @@ from pretrain.encoders import EncoderError
 from pretrain.export import EncoderFileError
 from pretrain.files import NoSpaceError, no_space_cause
 from pretrain.hydra_ddp import rank_processes_rerun_this_job
-from pretrain.resume import AUTO, LAST, checkpoint_to_resume, resumable, resumed_config, run_folder
+from pretrain.resume import (
+    AUTO,
+    LAST,
+    checkpoint_to_resume,
+    finished_before_restart,
+    resumable,
+    resumed_config,
+    run_folder,
+)
 from pretrain.run_folder import LOCK, RunFolderError, hold, release
 from pretrain.text import printable
 from pretrain.validate import CONF, ConfigError
@@ -144,6 +152,9 @@ def run_command(cfg: DictConfig, run: Callable[[DictConfig, Path], Any]) -> None
     try:
         cfg, run_dir = resumed_config(cfg, hydra_dir, list(hydra.overrides.task), hydra.job.config_name)
         hold(run_dir, new_run=False)
+        if finished_before_restart(cfg.get("resume"), run_dir):
+            print(f"SLURM restarted this job after its run had ended: {run_dir} is left as it is", file=sys.stderr)
+            return
         run(cfg, run_dir)
     except SIGTERMException:
         if hydra.mode == RunMode.MULTIRUN:

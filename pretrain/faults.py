@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from lightning.fabric.plugins.environments import SLURMEnvironment
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.plugins.io import AsyncCheckpointIO
 
@@ -22,11 +23,18 @@ class FaultTolerance:
     - a NaN or infinite training loss stops the run within ``check_finite_every_n_steps``
       steps, a NaN or infinite weight or validation loss at the next checkpoint, validation or
       training end (``FiniteLossGuard``): no checkpoint or encoder of them is written.
+    - in a SLURM job, Lightning requeues the job itself (SIGUSR1) only with ``lightning_slurm_requeue``.
     """
 
-    def __init__(self, checkpoint_every_n_steps: int | None = 1000, check_finite_every_n_steps: int = 10) -> None:
+    def __init__(
+        self,
+        checkpoint_every_n_steps: int | None = 1000,
+        check_finite_every_n_steps: int = 10,
+        lightning_slurm_requeue: bool = False,
+    ) -> None:
         self.checkpoint_every_n_steps = checkpoint_every_n_steps
         self.check_finite_every_n_steps = check_finite_every_n_steps
+        self.lightning_slurm_requeue = lightning_slurm_requeue
 
     def callbacks(self, run_dir: Path) -> list[Callback]:
         return [
@@ -38,4 +46,7 @@ class FaultTolerance:
     def plugins(self) -> list:
         # Written in a background thread from a copy of the state: a ResNet's checkpoint (weights and
         # Adam's moments, 130 MB) takes longer to write than a hundred GPU steps (scripts/bench.py).
-        return [AsyncCheckpointIO(AtomicCheckpointIO())]
+        plugins = [AsyncCheckpointIO(AtomicCheckpointIO())]
+        if SLURMEnvironment.detect():  # the environment Lightning would choose, with its requeue as configured
+            plugins.append(SLURMEnvironment(auto_requeue=self.lightning_slurm_requeue))
+        return plugins

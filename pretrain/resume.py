@@ -8,12 +8,16 @@
   command goes to ``RUN/.hydra/resume`` and leaves the original one alone.
 - ``resume=auto``: continue from this run's own folder if it holds a checkpoint, else start
   afresh: for a job that a cluster requeues with the same run folder.
-- ``resume=null`` (default): a new run.
+- ``resume=null`` (default): a new run; but in a SLURM job that SLURM started again (requeued
+  by ``hydra/launcher=slurm`` at its time limit, or after a pre-emption or a node failure),
+  ``resume=auto``: the job runs the same run in the same folder, and continues it.
 """
 
 from __future__ import annotations
 
+import os
 import re
+import sys
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -31,6 +35,13 @@ from pretrain.validate import ConfigError
 
 AUTO = "auto"
 LAST = Path("checkpoints") / "last.ckpt"
+RESULTS = "results.json"  # a run's last file: written after its last checkpoint
+
+
+def slurm_restarts() -> int:
+    """How many times SLURM has started this job again (0 outside SLURM, and at a job's first start)."""
+    count = os.environ.get("SLURM_RESTART_COUNT", "")
+    return int(count) if count.isdigit() else 0
 
 
 def run_folder(resume: str) -> Path:
@@ -55,12 +66,18 @@ OmegaConf.register_new_resolver("resume_subdir", _hydra_output_subdir, replace=T
 
 def checkpoint_to_resume(resume: str | None, run_dir: Path) -> str | None:
     """The checkpoint ``trainer.fit`` continues from, or None for a fresh start."""
-    if resume is None:
-        return None
-    if resume == AUTO:
+    restarted = resume is None and slurm_restarts() > 0
+    if resume == AUTO or restarted:
         # Lightning's own SLURM requeue (SIGUSR1) leaves hpc_ckpt_N.ckpt in the run folder.
         found = [p for p in [run_dir / LAST, *Path(run_dir).glob("hpc_ckpt_*.ckpt")] if p.is_file()]
-        return str(max(found, key=lambda p: p.stat().st_mtime)) if found else None
+        if not found:
+            return None
+        checkpoint = str(max(found, key=lambda p: p.stat().st_mtime))
+        if restarted:
+            print(f"SLURM restarted this job ({slurm_restarts()}x): continuing from {checkpoint}", file=sys.stderr)
+        return checkpoint
+    if resume is None:
+        return None
     path = Path(resume)
     checkpoint = path if path.suffix == ".ckpt" else path / LAST
     if not checkpoint.is_file():
@@ -121,6 +138,15 @@ def check_resumable(checkpoint: str, model: torch.nn.Module) -> None:
             f"resume: {checkpoint} holds NaN or infinite weights ({some(bad)}): no run can continue from it; "
             "start the run afresh"
         )
+
+
+def finished_before_restart(resume: str | None, run_dir: Path) -> bool:
+    """Whether SLURM restarted the job of a run that had already ended: its ``results.json`` is
+    newer than its last checkpoint. (A signal to requeue can come while the run writes its results.)"""
+    if resume not in (None, AUTO) or slurm_restarts() == 0:
+        return False
+    results, last = Path(run_dir) / RESULTS, Path(run_dir) / LAST
+    return results.is_file() and (not last.is_file() or results.stat().st_mtime_ns >= last.stat().st_mtime_ns)
 
 
 def resumed_config(cfg: DictConfig, hydra_dir: Path, overrides: list[str], name: str) -> tuple[DictConfig, Path]:

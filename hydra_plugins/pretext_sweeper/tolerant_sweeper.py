@@ -5,7 +5,8 @@ raises the error of the first failed run only; the others' errors are not shown 
 ``TolerantSweeper`` launches every batch, then lists every failed run (its overrides, its
 folder and its error) and ends with an error, so the command's exit status still says that
 something failed. (``pretrain.job_errors.LogJobError`` puts each failed run's traceback in
-that run's own log.) Before launching, it checks that every run's overrides compose, as Hydra's
+that run's own log; under ``hydra/launcher=slurm`` the list also gives each run's SLURM job
+and that job's log.) Before launching, it checks that every run's overrides compose, as Hydra's
 does, but composes one run of each kind only (see ``runs_to_compose``).
 
 Select with ``hydra/sweeper=tolerant``, the default of ``conf/pretrain.yaml`` and
@@ -33,6 +34,10 @@ class SweepFailures(CompactHydraException):
 def describe_failure(job_num: int, job_return: JobReturn) -> str:
     error = job_return._return_value  # the exception; JobReturn.return_value would re-raise it
     folder = job_return.hydra_cfg.hydra.runtime.output_dir if job_return.hydra_cfg else "?"
+    # slurm_launcher.SlurmJobReturn's fields; not isinstance: Hydra's plugin scan executes plugin modules again,
+    # and the class a module imported before is then not the class of what the launcher returns.
+    if getattr(job_return, "job_id", None):
+        folder += f"; SLURM job {job_return.job_id}, log {job_return.log}"
     # All of it on one line: a multi-line message (a list of config problems) starts with a heading.
     message = " ".join(line.strip() for line in str(error).strip().splitlines())
     overrides = " ".join(filter_overrides(job_return.overrides or []))
