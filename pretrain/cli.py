@@ -43,6 +43,7 @@ from pretrain.resume import (
     resumable,
     resumed_config,
     run_folder,
+    slurm_restarts,
 )
 from pretrain.run_folder import LOCK, RunFolderError, hold, release
 from pretrain.text import printable
@@ -108,7 +109,8 @@ class CommandStart(Callback):
         try:
             if resumes and not run_folder(resume).is_dir():
                 checkpoint_to_resume(resume, run_folder(resume))  # says so, and nothing is made
-            hold(folder, new_run=resume is None)  # the folder Hydra selects next: ${now:...} resolves once
+            # The folder Hydra selects next (${now:...} resolves once); a job SLURM restarted continues its own.
+            hold(folder, new_run=resume is None and slurm_restarts() == 0)
             if resumes:  # before Hydra writes its record of this command there
                 resumable(resume, config.hydra.job.config_name)
         except (ConfigError, RunFolderError) as err:
