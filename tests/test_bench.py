@@ -13,6 +13,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.slow
 def test_the_benchmark_runs_every_section_and_prints_its_table(real_data, tmp_path):
     out = tmp_path / "figures.json"
     done = subprocess.run(

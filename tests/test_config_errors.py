@@ -256,6 +256,7 @@ def test_a_value_error_raised_by_our_code_is_one_line_too(tmp_path, monkeypatch,
     )
 
 
+@pytest.mark.slow
 def test_command_line(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     out = subprocess.run(

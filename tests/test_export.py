@@ -37,6 +37,7 @@ def write(path, arch="cnn", shape=(1, 8, 8), **options):
     return encoder.eval()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("arch,shape", [("mlp", (1, 8, 8)), ("cnn", (1, 28, 28)), ("resnet18", (1, 8, 8))])
 def test_round_trip_is_bit_identical_in_a_fresh_process(tmp_path, arch, shape):
     path = tmp_path / "encoder.safetensors"

@@ -123,6 +123,7 @@ def test_pickle_renamed_safetensors_runs_no_code(tmp_path):
     assert not marker.exists()
 
 
+@pytest.mark.slow
 def test_pickled_checkpoints_are_refused_by_export_and_run_no_code(tmp_path):
     marker = tmp_path / "pwned"
     raw = tmp_path / "raw.ckpt"

@@ -82,6 +82,7 @@ def uninterrupted(tmp_path_factory) -> dict[str, torch.Tensor]:
     return weights(run_dir)
 
 
+@pytest.mark.slow
 def test_sigkill_mid_epoch_then_resume_ends_with_the_same_weights(tmp_path, uninterrupted):
     run_dir = tmp_path / "run"
     killed = interrupted(tmp_path, 27, "SIGKILL", run_dir)  # epoch 1, batch 8 of 19
@@ -110,6 +111,7 @@ def test_sigkill_mid_epoch_then_resume_ends_with_the_same_weights(tmp_path, unin
     assert "trainer.max_epochs=3" in (run_dir / ".hydra" / "overrides.yaml").read_text()  # the original, kept
 
 
+@pytest.mark.slow
 def test_sigterm_saves_a_checkpoint_exits_cleanly_and_resumes_exactly(tmp_path, uninterrupted):
     run_dir = tmp_path / "run"
     stopped = interrupted(tmp_path, 27, "SIGTERM", run_dir)

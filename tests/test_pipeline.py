@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 from conftest import QUIET, make_config
 from safetensors.torch import load_file
@@ -18,6 +19,7 @@ import pretrain.__main__ as pretrain_main
 from pretrain.export import load_encoder
 
 
+@pytest.mark.slow
 def test_command_line_on_digits_with_no_data_folder(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "PRETEXT_DATA"}
     pre = subprocess.run(
@@ -108,6 +110,7 @@ def test_same_config_and_seed_give_the_same_numbers(tmp_path):
     assert c["metrics"] != a["metrics"]
 
 
+@pytest.mark.slow
 def test_fashion_mnist_model_a_then_model_b(real_data, tmp_path, monkeypatch):
     """The seed's study, small: supervised on the 8 other classes, then 200 sandal/shirt labels."""
     monkeypatch.setenv("PRETEXT_DATA", str(real_data))

@@ -222,6 +222,7 @@ def subprocess_env() -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
 
 
+@pytest.mark.slow
 def test_submitit_local_launcher_runs_a_sweep_end_to_end(tmp_path):
     sweep = tmp_path / "sweep"
     command = [sys.executable, "-m", "finetune", "-m", "hydra/launcher=submitit_local", "seed=0,1"]
@@ -235,6 +236,7 @@ def test_submitit_local_launcher_runs_a_sweep_end_to_end(tmp_path):
     assert sorted(scratch.by_seed) == [0, 1] and not report.problems
 
 
+@pytest.mark.slow
 def test_ddp_on_two_cpu_processes_in_a_multirun(tmp_path):
     """Frozen blocks stay bit-identical on both ranks while frozen; one run folder and one
     results file per job; nothing written outside the sweep."""

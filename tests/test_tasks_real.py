@@ -16,6 +16,8 @@ from pretrain.export import load_encoder
 from pretrain.tasks.gan import Generator
 
 FAST = [*QUIET, "trainer.log_every_n_steps=1", "+trainer.limit_val_batches=1"]
+pytestmark = pytest.mark.slow  # real data
+
 SMALL_CNN = ["backbone=cnn", "backbone.channels=[8,16,32]"]
 UNSEEN = "[" + ",".join(f"s{i}" for i in range(31, 41)) + "]"
 
