@@ -54,6 +54,8 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         info,
         encoder_lr_factor=schedule.encoder_lr_factor if pretrained else 1.0,
         dropout=cfg.head.dropout,
+        pool=cfg.head.pool,
+        lr_schedule=instantiate(cfg.lr_schedule),
     )
     if checkpoint is not None:
         check_resumable(checkpoint, model)

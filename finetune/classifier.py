@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from torch import nn
 from torch.optim import Optimizer
+from torch.optim.lr_scheduler import LRScheduler
 
 from pretrain.data import DataInfo
-from pretrain.encoders import Encoder
+from pretrain.encoders import Encoder, Readout
 from pretrain.tasks.base import OptimizerFactory
 from pretrain.tasks.supervised import Supervised
 
@@ -32,9 +34,12 @@ class Classifier(Supervised):
         encoder_lr_factor: float = 1.0,
         dropout: float = 0.0,
         label_smoothing: float = 0.0,
+        pool: Readout = "flatten",
+        lr_schedule: Callable[[Optimizer, int], LRScheduler] | None = None,
     ) -> None:
-        super().__init__(encoder, optimizer, data, dropout, label_smoothing)
+        super().__init__(encoder, optimizer, data, dropout, label_smoothing, pool)
         self.encoder_lr_factor = encoder_lr_factor
+        self.lr_schedule = lr_schedule  # (optimizer, total steps) -> a scheduler stepped every step
         self.num_frozen = 0
         self.frozen_parameters: list[nn.Parameter] = []  # those of the lowest num_frozen blocks
 
@@ -63,13 +68,17 @@ class Classifier(Supervised):
         for p in self.frozen_parameters:
             p.grad = None  # an optimizer skips a parameter without a gradient: no update, no decay
 
-    def configure_optimizers(self) -> Optimizer:
+    def configure_optimizers(self) -> Any:
         base_lr = self.optimizer_factory.keywords["lr"]
         groups: list[dict[str, Any]] = [
             {"params": list(self.head.parameters()), "name": "head"},
             {"params": list(self.encoder.parameters()), "lr": base_lr * self.encoder_lr_factor, "name": "encoder"},
         ]
-        return self.optimizer_factory(groups)
+        optimizer = self.optimizer_factory(groups)
+        if self.lr_schedule is None:
+            return optimizer
+        scheduler = self.lr_schedule(optimizer, self.trainer.estimated_stepping_batches)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         super().on_save_checkpoint(checkpoint)

@@ -410,7 +410,8 @@ def _naming(key: str, value: object) -> Iterator[None]:
 
 
 class EpochPermutation:
-    """The order of one epoch: a permutation drawn from (seed, epoch), or the identity.
+    """The order of one epoch: a permutation drawn from (seed, epoch), or the identity; with
+    ``passes`` > 1, that many permutations one after another (a small set repeated, reshuffled).
 
     Under distributed training each rank takes every ``world_size``-th index of the same
     permutation; shuffled (training) shards are cut to equal length so that every rank
@@ -418,9 +419,12 @@ class EpochPermutation:
     resumed runs included, as it does for a DataLoader's sampler.
     """
 
-    def __init__(self, size: int, shuffle: bool, seed: int = 0, rank: int = 0, world_size: int = 1) -> None:
+    def __init__(
+        self, size: int, shuffle: bool, seed: int = 0, rank: int = 0, world_size: int = 1, passes: int = 1
+    ) -> None:
         self.size, self.shuffle, self.seed = size, shuffle, seed
         self.rank, self.world_size = rank, world_size
+        self.passes = passes if shuffle else 1
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -428,15 +432,19 @@ class EpochPermutation:
 
     def order(self) -> Tensor:
         if self.shuffle:
-            seed = int(np.random.SeedSequence([self.seed, self.epoch]).generate_state(1)[0])
-            order = torch.randperm(self.size, generator=torch.Generator().manual_seed(seed))
-            order = order[: self.size - self.size % self.world_size]
+            order = torch.cat([self._permutation(p) for p in range(self.passes)])
+            order = order[: len(order) - len(order) % self.world_size]
         else:
             order = torch.arange(self.size)
         return order[self.rank :: self.world_size]
 
+    def _permutation(self, repeat: int) -> Tensor:
+        key = [self.seed, self.epoch] + ([repeat] if repeat else [])  # the first pass: as without repeats
+        seed = int(np.random.SeedSequence(key).generate_state(1)[0])
+        return torch.randperm(self.size, generator=torch.Generator().manual_seed(seed))
+
     def __len__(self) -> int:
-        return -(-self.size // self.world_size) if not self.shuffle else self.size // self.world_size
+        return -(-self.size // self.world_size) if not self.shuffle else self.size * self.passes // self.world_size
 
 
 class TensorBatches:
@@ -612,6 +620,7 @@ def value_problems(
     val_size: float = 0,
     max_shift: int = 0,
     pairs_per_image: int = 1,
+    min_batches_per_epoch: int | None = None,
 ) -> list[str]:
     """What is wrong with the values of these ``ImageDataModule`` arguments (of the right types),
     one line each: checked at construction, and with the rest of the config by ``validate_config``."""
@@ -629,6 +638,8 @@ def value_problems(
         problems.append(f"data.max_shift={max_shift} must be >= 0 pixels")
     if pairs_per_image < 1:
         problems.append(f"data.pairs_per_image={pairs_per_image} must be at least 1, e.g. data.pairs_per_image=1")
+    if min_batches_per_epoch is not None and min_batches_per_epoch < 1:
+        problems.append(f"data.min_batches_per_epoch={min_batches_per_epoch} must be at least 1, or null: one pass")
     return problems
 
 
@@ -671,6 +682,7 @@ class ImageDataModule(L.LightningDataModule):
         test_split: str = "official",
         batches: str = "images",
         pairs_per_image: int = 1,
+        min_batches_per_epoch: int | None = None,
     ) -> None:
         super().__init__()
         for option, value, allowed in (
@@ -680,10 +692,13 @@ class ImageDataModule(L.LightningDataModule):
         ):
             if value not in allowed:
                 raise DataError(f"data.{option} must be one of {allowed}, not {value!r}")
-        if problems := value_problems(image_size, mean, std, val_size, max_shift, pairs_per_image):
+        if problems := value_problems(
+            image_size, mean, std, val_size, max_shift, pairs_per_image, min_batches_per_epoch
+        ):
             raise DataError("; ".join(problems))
         self.split_by, self.test_split = split_by, test_split
         self.batches, self.pairs_per_image = batches, pairs_per_image
+        self.min_batches_per_epoch = min_batches_per_epoch
         self.name, self.root, self.download = name, root, download
         self.classes, self.exclude_classes = classes, exclude_classes
         self.label_budget, self.val_size = label_budget, val_size
@@ -796,7 +811,11 @@ class ImageDataModule(L.LightningDataModule):
             return PairBatches(images.to(device), labels, batch_size, pairs)
         if device.type != "cpu":
             images, labels = images.to(device), labels.to(device)
-        return TensorBatches(images, labels, batch_size, EpochPermutation(len(labels), shuffle, self.seed, rank, world))
+        passes = 1
+        if shuffle and self.min_batches_per_epoch:  # enough steps an epoch from few labels, whatever the budget
+            passes = max(1, math.ceil(self.min_batches_per_epoch * batch_size * world / len(labels)))
+        order = EpochPermutation(len(labels), shuffle, self.seed, rank, world, passes)
+        return TensorBatches(images, labels, batch_size, order)
 
     def train_dataloader(self) -> TensorBatches:
         return self._loader(self.train_set, self.batch_size, shuffle=True)

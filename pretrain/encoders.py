@@ -12,7 +12,7 @@ import math
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from itertools import islice
-from typing import Any
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -96,6 +96,24 @@ class GlobalPool(nn.Module):
 def feature_dim(shape: Sequence[int]) -> int:
     """Width of ``GlobalPool``'s output for block output ``shape`` (no batch dimension)."""
     return int(shape[-1]) if len(shape) == 2 else int(shape[0])
+
+
+Readout = Literal["flatten", "mean"]
+
+
+def readout(kind: Readout, shape: Sequence[int]) -> tuple[nn.Module, int]:
+    """A block's output as one vector per image, and that vector's width.
+
+    ``flatten`` keeps every position: where in the image a feature is, which a classifier of small
+    images trained on few labels needs (10 Fashion-MNIST classes from 10 labels each: 73.6% against
+    66.4% with ``mean``, docs/results.md). ``mean`` averages over positions or tokens: invariant to
+    where a feature is, the usual readout of large feature maps.
+    """
+    if kind == "flatten":
+        return nn.Flatten(), math.prod(int(d) for d in shape)
+    if kind == "mean":
+        return GlobalPool(), feature_dim(shape)
+    raise EncoderError(f"unknown readout {kind!r}: choose flatten or mean")
 
 
 def _activation(name: str) -> nn.Module:

@@ -134,6 +134,28 @@ def test_distributed_shards_are_disjoint_and_even():
     assert sorted(torch.cat(evals).tolist()) == list(range(11))  # evaluation sees every image once
 
 
+def test_a_small_set_is_passed_over_again_reshuffled():
+    one = EpochPermutation(10, shuffle=True, seed=1).order()
+    three = EpochPermutation(10, shuffle=True, seed=1, passes=3)
+    order = three.order()
+    assert len(three) == 30 and torch.equal(order[:10], one)  # the first pass: as without repeats
+    assert torch.bincount(order).tolist() == [3] * 10 and not torch.equal(order[:10], order[10:20])
+    shards = [EpochPermutation(10, shuffle=True, seed=1, rank=r, world_size=2, passes=3).order() for r in (0, 1)]
+    assert torch.equal(torch.sort(torch.cat(shards)).values, torch.sort(order).values)  # ranks share the passes
+    assert len(EpochPermutation(10, shuffle=False, passes=3)) == 10  # evaluation: one pass
+
+
+def test_min_batches_per_epoch_sets_the_steps_of_an_epoch():
+    dm = ImageDataModule("digits", label_budget=20, val_size=0, batch_size=8, seed=0, min_batches_per_epoch=10)
+    dm.setup("fit")
+    batches = list(dm.train_dataloader())
+    assert len(batches) == len(dm.train_dataloader()) == 10  # ceil(10 * 8 / 20) = 4 passes: 80 images
+    assert torch.bincount(torch.cat([b[1] for b in batches]), minlength=10).tolist() == [8] * 10
+    assert len(dm.test_dataloader()) == len(setup(label_budget=20, val_size=0).test_dataloader())
+    with pytest.raises(DataError, match="min_batches_per_epoch=0 must be at least 1"):
+        ImageDataModule("digits", min_batches_per_epoch=0)
+
+
 def test_normalization_matches_measured_stats():
     dm = setup()
     x = dm.normalize(dm.train_set.images)

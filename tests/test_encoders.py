@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from pretrain.encoders import BACKBONES, EncoderError, GlobalPool, build_encoder, feature_dim
+from pretrain.encoders import BACKBONES, EncoderError, GlobalPool, build_encoder, feature_dim, readout
 
 
 @pytest.mark.parametrize("arch", sorted(BACKBONES))
@@ -59,3 +59,16 @@ def test_selu_mlp_is_self_normalizing():
 def test_bad_encoder_options(arch, kw, message):
     with pytest.raises(EncoderError, match=message):
         build_encoder(arch, (1, 8, 8), **kw)
+
+
+@pytest.mark.parametrize("arch", sorted(BACKBONES))
+def test_readouts_give_one_vector_per_image(arch):
+    encoder = build_encoder(arch, (1, 28, 28))
+    shape = encoder.block_shapes()[-1]
+    out = encoder(torch.randn(3, 1, 28, 28))
+    flat, flat_width = readout("flatten", shape)
+    mean, mean_width = readout("mean", shape)
+    assert flat(out).shape == (3, flat_width) and flat_width == out[0].numel()  # every position kept
+    assert mean(out).shape == (3, mean_width) and mean_width == feature_dim(shape)
+    with pytest.raises(EncoderError, match="choose flatten or mean"):
+        readout("max", shape)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import math
 
 import lightning as L
 import pytest
@@ -13,6 +14,7 @@ from omegaconf import OmegaConf
 from synthetic import trainer
 
 from finetune.classifier import Classifier
+from finetune.lr_schedule import cosine
 from finetune.schedule import FreezeSchedule
 from pretrain.data import ImageDataModule
 from pretrain.encoders import build_encoder
@@ -92,6 +94,32 @@ def test_schedule_state_is_a_function_of_the_epoch():
     assert [schedule.frozen_blocks(e, 5) for e in range(5)] == [5, 5, 5, 3, 3]
     assert FreezeSchedule(None).frozen_blocks(100, 4) == 4
     assert FreezeSchedule(0).frozen_blocks(0, 4) == 0
+
+
+def test_cosine_schedule_scales_every_group_down_to_zero_at_the_last_step(tmp_path):
+    dm = digits()
+    encoder = build_encoder("mlp", dm.info.input_shape, widths=[16])
+    rates = []
+
+    class Rates(L.Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+            rates.append({g["name"]: g["lr"] for g in trainer.optimizers[0].param_groups})
+
+    model = Classifier(encoder, functools.partial(torch.optim.Adam, lr=0.01), dm.info, 0.1, lr_schedule=cosine)
+    trainer(tmp_path, [Rates()], max_epochs=2).fit(model, datamodule=dm)
+    steps = 2 * len(dm.train_dataloader())
+    assert len(rates) == steps and rates[0] == {"head": 0.01, "encoder": pytest.approx(0.001)}
+    expected = [0.01 * 0.5 * (1 + math.cos(math.pi * s / steps)) for s in range(steps)]
+    assert [r["head"] for r in rates] == pytest.approx(expected)
+    assert all(r["encoder"] == pytest.approx(0.1 * r["head"]) for r in rates)
+
+
+def test_warm_up_then_cosine():
+    optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
+    schedule = cosine(optimizer, total_steps=10, warmup_steps=4)
+    factors = [schedule.lr_lambdas[0](s) for s in range(11)]
+    assert factors[:4] == [0.25, 0.5, 0.75, 1.0] and factors[4] == 1.0 and factors[10] == 0.0
+    assert all(a >= b for a, b in zip(factors[4:], factors[5:], strict=False))
 
 
 class RecordingSGD(torch.optim.SGD):

@@ -7,13 +7,14 @@ from torch import Tensor, nn
 from torchmetrics.classification import MulticlassAccuracy
 
 from pretrain.data import DataInfo
-from pretrain.encoders import Encoder, GlobalPool, feature_dim
+from pretrain.encoders import Encoder, Readout, readout
 from pretrain.tasks.base import OptimizerFactory
 from pretrain.tasks.classifying import ClassifyingTask
 
 
 class Supervised(ClassifyingTask):
-    """Encoder plus a linear classification head, trained with cross-entropy."""
+    """Encoder plus a linear classification head on its ``pool`` readout (``encoders.readout``),
+    trained with cross-entropy."""
 
     name = "supervised"
 
@@ -24,14 +25,14 @@ class Supervised(ClassifyingTask):
         data: DataInfo,
         dropout: float = 0.0,
         label_smoothing: float = 0.0,
+        pool: Readout = "flatten",
     ) -> None:
         if data.num_classes < 2:
             raise ValueError(f"a classifier needs at least 2 classes; the data has {list(data.classes)}")
         super().__init__(encoder, optimizer, data, lambda: MulticlassAccuracy(data.num_classes, average="micro"))
         self.label_smoothing = label_smoothing
-        self.head = nn.Sequential(
-            GlobalPool(), nn.Dropout(dropout), nn.Linear(feature_dim(encoder.block_shapes()[-1]), data.num_classes)
-        )
+        features, width = readout(pool, encoder.block_shapes()[-1])
+        self.head = nn.Sequential(features, nn.Dropout(dropout), nn.Linear(width, data.num_classes))
 
     def forward(self, x: Tensor) -> Tensor:
         return self.head(self.encoder(x))
