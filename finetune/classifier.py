@@ -77,8 +77,21 @@ class Classifier(Supervised):
         optimizer = self.optimizer_factory(groups)
         if self.lr_schedule is None:
             return optimizer
-        scheduler = self.lr_schedule(optimizer, self.trainer.estimated_stepping_batches)
+        scheduler = self.lr_schedule(optimizer, self.total_steps())
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def total_steps(self) -> int:
+        """The optimizer steps of the whole run. Not ``trainer.estimated_stepping_batches``: called
+        here, on a resumed run, it sets up the training data before the checkpoint's position in the
+        epoch is restored, and the run no longer continues exactly (Lightning 2.6)."""
+        trainer = self.trainer
+        batches = len(trainer.datamodule.train_dataloader())
+        limit = trainer.limit_train_batches
+        batches = min(batches, limit) if isinstance(limit, int) else int(batches * limit)
+        if trainer.max_epochs is None or trainer.max_epochs < 0:  # the run is bounded by max_steps alone
+            return trainer.max_steps
+        steps = max(1, trainer.max_epochs * batches // trainer.accumulate_grad_batches)
+        return min(steps, trainer.max_steps) if trainer.max_steps > 0 else steps
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         super().on_save_checkpoint(checkpoint)

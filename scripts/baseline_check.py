@@ -3,10 +3,10 @@
 For every seed, ``python -m finetune encoder=none OVERRIDES`` (run in-process) and a plain loop
 that trains the same architecture (the backbone plus the same readout and linear head) on the
 same labeled images (the data module's draw for that seed), with the same optimizer, learning
-rate, batch size, number of steps and a cosine decay to zero (``torch.optim.lr_scheduler``),
-without Lightning. Both are tested on the same test images. Prints each side's mean, standard
-deviation and worst seed, and the paired difference with its 95% interval; writes the figures
-to ``OUT/baseline_check.json``.
+rate, batch size, epochs of at least ``data.min_batches_per_epoch`` batches and a cosine decay
+to zero (``torch.optim.lr_scheduler``), without Lightning. Both are tested on the same test
+images. Prints each side's mean, standard deviation and worst seed, and the paired difference
+with its 95% interval; writes the figures to ``OUT/baseline_check.json``.
 
     PRETEXT_DATA=/path/to/data python scripts/baseline_check.py --seeds 10 --out outputs/baseline_check \\
         backbone=cnn data=fashion_mnist data.label_budget=100
@@ -15,6 +15,7 @@ to ``OUT/baseline_check.json``.
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 import time
 from pathlib import Path
@@ -53,24 +54,23 @@ def plain_run(cfg: DictConfig) -> float:
     features, width = readout(cfg.head.pool, encoder.block_shapes()[-1])
     model = nn.Sequential(encoder, features, nn.Linear(width, info.num_classes))
     optimizer = instantiate(cfg.optimizer)(model.parameters())
-    # The pipeline's step budget: its epochs times its batches an epoch (a small set passed over again).
-    steps = cfg.trainer.max_epochs * len(data.train_dataloader())
-    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps)
-    order = torch.Generator().manual_seed(cfg.seed)
+    # The recipe's epoch: the labeled images passed over until it has min_batches_per_epoch batches.
+    size, batch = len(labels), cfg.data.batch_size
+    passes = max(1, math.ceil((cfg.data.min_batches_per_epoch or 1) * batch / size))
+    epoch_batches = [(start, min(start + batch, size * passes)) for start in range(0, size * passes, batch)]
+    epoch_batches = [(a, b) for a, b in epoch_batches if b - a > 1]  # a batch of one breaks batch norm
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.trainer.max_epochs * len(epoch_batches))
+    shuffle = torch.Generator().manual_seed(cfg.seed)
     model.train()
-    step = 0
-    while step < steps:
-        permutation = torch.randperm(len(labels), generator=order)
-        for start in range(0, len(labels), cfg.data.batch_size):
-            index = permutation[start : start + cfg.data.batch_size]
-            if len(index) < 2 or step == steps:  # a batch of one breaks batch norm
-                break
+    for _ in range(cfg.trainer.max_epochs):
+        order = torch.cat([torch.randperm(size, generator=shuffle) for _ in range(passes)])
+        for start, end in epoch_batches:
+            index = order[start:end]
             loss = F.cross_entropy(model(images[index]), labels[index])
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
             schedule.step()
-            step += 1
     model.eval()
     test_images, test_labels = data.test_set.images, data.test_set.labels
     with torch.no_grad():

@@ -50,7 +50,7 @@ def test_multirun_survives_a_failed_run_and_the_report_matches_its_results(tmp_p
     status = hydra_command(
         finetune_main.main,
         ["-m", f"encoder={missing},{encoder},none", "seed=0,1", "trainer.max_epochs=2", "schedule.unfreeze_epoch=1"]
-        + ["trainer.log_every_n_steps=2"]
+        + ["trainer.log_every_n_steps=2", "data.min_batches_per_epoch=null"]  # an epoch: one pass, 4 steps
         + [f"hydra.sweep.dir={sweep}", *QUIET],
         monkeypatch,
     )
