@@ -7,7 +7,7 @@
 2. training overhead of each task and of fine-tuning against a plain PyTorch loop (bench_overhead.py);
 3. start-up of a fine-tuning run from the command line, and a 10-run sweep (bench_startup.py);
 4. scaling with batch size and data size, and memory (bench_scaling.py);
-5. the seed's whole study, scripts/fashion_study.sh (bench_study.py).
+5. Géron's whole transfer study, scripts/fashion_study.sh (bench_study.py).
 
 ``--gpu`` measures section 2 on a GPU (bf16-mixed, ResNet-18, batch 512). ``--tiny`` runs every
 section on a few batches: it checks that the benchmark works and measures nothing.

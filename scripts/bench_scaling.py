@@ -1,4 +1,4 @@
-"""Section 4, scaling: supervised pretraining on Fashion-MNIST (the seed's MLP) through the pipeline,
+"""Section 4, scaling: supervised pretraining on Fashion-MNIST (Géron's MLP) through the pipeline,
 in this process: images/s per batch size against the plain loop at that size; epoch time at 10%, 50%
 and 100% of the training set, the 50% epoch against the straight line through the other two; resident memory across
 the epochs of one run; and the peak resident memory of a whole ``python -m pretrain`` run.

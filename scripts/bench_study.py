@@ -1,4 +1,4 @@
-"""Section 5, the seed's whole study: ``scripts/fashion_study.sh`` end to end (supervised and autoencoder
+"""Section 5, Géron's whole transfer study: ``scripts/fashion_study.sh`` end to end (supervised and autoencoder
 pretraining, 10 seeds each of scratch and transfer on 200 sandal/shirt images, the report), wall time."""
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The seed's Fashion-MNIST transfer study end to end, then its report:
-#   1. pretrain the seed's MLP on the 8 classes other than sandal and shirt: "model A"
+# Géron's Fashion-MNIST transfer study (Hands-On Machine Learning, chapter 11) end to end, then its report:
+#   1. pretrain Géron's MLP on the 8 classes other than sandal and shirt: "model A"
 #      (task=supervised) and an encoder for every other task in TASKS (experiment=fashion_pretrain);
 #   2. fine-tune on 200 labeled sandal/shirt images with each encoder and from scratch, one
 #      run per seed in SEEDS (experiment=fashion_transfer);

@@ -112,7 +112,7 @@ def test_same_config_and_seed_give_the_same_numbers(tmp_path):
 
 @pytest.mark.slow
 def test_fashion_mnist_model_a_then_model_b(real_data, tmp_path, monkeypatch):
-    """The seed's study, small: supervised on the 8 other classes, then 200 sandal/shirt labels."""
+    """Géron's transfer study, small: supervised on the 8 other classes, then 200 sandal/shirt labels."""
     monkeypatch.setenv("PRETEXT_DATA", str(real_data))
     pre = pretrain_main.run(
         make_config(

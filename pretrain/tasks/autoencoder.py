@@ -88,7 +88,7 @@ def reconstruction_loss(output: Tensor, target: Tensor, loss: str, data: DataInf
 class Autoencoder(PretextTask):
     """Reconstruct the image through a mirrored decoder, end to end or greedily layer by layer.
 
-    With ``greedy=True`` (the seed's greedy layer-wise pretraining) training runs in one
+    With ``greedy=True`` (greedy layer-wise pretraining, as in Géron's chapter 11) training runs in one
     stage per encoder block: stage k trains block k under its own one-block decoder to
     reconstruct block k's input (the image for k=0, else the features of the frozen blocks
     below), with the blocks below frozen (no gradient, inference mode). Each stage lasts

@@ -1,4 +1,4 @@
-"""Supervised pretraining on an auxiliary labeled task (the seed's "model A")."""
+"""Supervised pretraining on an auxiliary labeled task (Géron's "model A")."""
 
 from __future__ import annotations
 
