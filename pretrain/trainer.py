@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import warnings
 from collections.abc import Sequence
@@ -35,6 +36,16 @@ for message in (
     r"`isinstance\(treespec, LeafSpec\)` is deprecated",
 ):
     warnings.filterwarnings("ignore", message=message)
+
+
+class _NoAdvertisement(logging.Filter):
+    """Lightning 2.6 advertises its cloud logger every time a Trainer is built: 30 lines in a sweep."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "litlogger" not in record.getMessage()
+
+
+logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_NoAdvertisement())
 
 
 def resolve_precision(precision: str, accelerator: str) -> str:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 from conftest import QUIET, make_config
 from lightning.pytorch.profilers import SimpleProfiler
 
@@ -34,3 +36,9 @@ def test_a_profiler_from_the_config_times_every_hook(tmp_path, monkeypatch):
     steps = [name for name in hooks if name.endswith(".training_step")]
     assert steps and len(hooks[steps[0]]) > 1, sorted(hooks)
     assert any(name.startswith("[Callback]LastCheckpoint") for name in hooks)
+
+
+def test_building_a_trainer_prints_no_advertisement(tmp_path, caplog):
+    with caplog.at_level(logging.INFO):
+        build_trainer(make_config("pretrain", QUIET).trainer, tmp_path)
+    assert "GPU available" in caplog.text and "litlogger" not in caplog.text
