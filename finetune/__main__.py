@@ -69,6 +69,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         "test_acc": float(test["test/acc"]),
         "test_loss": float(test["test/loss"]),
         "label_budget": info.num_train,
+        "num_test": len(datamodule.test_set.labels),
         "data": {"name": info.name, "classes": list(info.classes)},
         "encoder_file": None if pretrained is None else str(Path(cfg.encoder).resolve()),
         # The report tells encoders apart by content, and matches a transfer run to the
@@ -85,7 +86,8 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
             "from scratch" if pretrained is None else f"from {printable(pretrained.pretext_task)} encoder {cfg.encoder}"
         )
         print(
-            f"test accuracy {results['test_acc']:.4f} ({source}, {info.num_train} labeled images); "
+            f"test accuracy {results['test_acc']:.4f} on {results['num_test']} test images ({source}, "
+            f"{info.num_train} labeled images); "
             f"results in {run_dir / 'results.json'}"
         )
     return results

@@ -85,6 +85,7 @@ def test_pretraining_lowers_the_loss_and_finetuning_beats_chance(tmp_path):
     for r in (scratch, transfer):
         assert r["test_acc"] > 0.5  # chance is 0.1
     assert transfer["encoder_file"] and scratch["encoder_file"] is None
+    assert scratch["num_test"] == transfer["num_test"] == 450  # the digits' test split: a quarter of 1,797
 
 
 def test_a_linear_probe_keeps_every_reused_weight(tmp_path):
