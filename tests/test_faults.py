@@ -75,6 +75,14 @@ def interrupted(tmp_path: pathlib.Path, step: int, signame: str, run_dir: pathli
     )
 
 
+def resume_command(run_dir: pathlib.Path, cwd: pathlib.Path) -> subprocess.CompletedProcess:
+    """``python -m pretrain resume=RUN_DIR`` in a process of its own."""
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    return subprocess.run(
+        [sys.executable, "-m", "pretrain", f"resume={run_dir}"], cwd=cwd, env=env, capture_output=True, text=True
+    )
+
+
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory) -> dict[str, torch.Tensor]:
     run_dir = tmp_path_factory.mktemp("reference")
@@ -96,13 +104,7 @@ def test_sigkill_mid_epoch_then_resume_ends_with_the_same_weights(tmp_path, unin
     assert not (run_dir / "encoder.safetensors").exists()
     stale = run_dir / "checkpoints" / f".last.ckpt.{dead_pid()}.tmp"  # what a kill during a write leaves
     stale.write_bytes(b"half a checkpoint")
-    resumed = subprocess.run(
-        [sys.executable, "-m", "pretrain", f"resume={run_dir}"],
-        cwd=tmp_path,
-        env={**os.environ, "PYTHONPATH": str(REPO)},
-        capture_output=True,
-        text=True,
-    )
+    resumed = resume_command(run_dir, tmp_path)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert same(weights(run_dir), uninterrupted)  # bit for bit
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]  # no second run folder
@@ -511,13 +513,7 @@ def test_a_refused_resume_is_one_line_exit_2_and_leaves_the_run_as_it_was(tmp_pa
     last = (run_dir / "checkpoints" / "last.ckpt").read_bytes()
     (run_dir / "checkpoints" / "last.ckpt").write_bytes(last[:-100])  # cut short
     before = {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()}
-    refused = subprocess.run(
-        [sys.executable, "-m", "pretrain", f"resume={run_dir}"],
-        cwd=tmp_path,
-        env={**os.environ, "PYTHONPATH": str(REPO)},
-        capture_output=True,
-        text=True,
-    )
+    refused = resume_command(run_dir, tmp_path)
     assert refused.returncode == 2, refused.stderr[-3000:]
     assert refused.stderr.startswith(f"error: resume: {run_dir / 'checkpoints' / 'last.ckpt'} cannot be read as a")
     assert len(refused.stderr.splitlines()) == 1
