@@ -249,6 +249,8 @@ class MaskedPrediction(PretextTask):
         return masked, unpatchify(filled, self.patch_size, images.shape[2:])
 
     def on_train_epoch_end(self) -> None:
+        """``masked/epoch_NNN.png``: a row of the first training images, a row of them as masked,
+        and a row of ``reconstruct``'s (visible patches as given, the model's prediction in the hidden)."""
         super().on_train_epoch_end()
         if self._preview is None:
             return
