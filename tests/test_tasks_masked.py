@@ -1,4 +1,5 @@
-"""Masked prediction: the loss sees hidden patches only, the mask ratio is exact, the preview is written."""
+"""Masked prediction: the loss sees hidden patches only, the mask ratio is exact, the ViT's blocks
+see the visible tokens only, the preview shows the model's own predictions, a run resumes exactly."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import torch
 from synthetic import ADAM, encoder, images, info, loader, trainer
 
 from pretrain.encoders import patchify, unpatchify
-from pretrain.tasks.masked import MaskedPrediction, masked_patch_loss, random_patch_mask
+from pretrain.tasks.masked import MaskedPrediction, masked_patch_loss, random_patch_mask, split_visible
 
 
 def hidden_pixels(task: MaskedPrediction, mask: torch.Tensor) -> torch.Tensor:
@@ -86,3 +87,115 @@ def test_a_picture_of_originals_masked_and_reconstructions_is_written_every_epoc
         # torchvision's grid: 8 images a row, 3 rows (originals, masked, reconstructions), 2-pixel padding.
         assert im.size == (8 * 18 + 2, 3 * 18 + 2)
     assert not list(tmp_path.glob("masked/.*"))  # no temporary file left
+
+
+@pytest.mark.parametrize("ratio,patch_size,visible", [(0.75, None, 4), (0.5, None, 8), (0.75, 8, 4), (0.5, 8, 8)])
+def test_the_vit_blocks_see_only_the_visible_tokens_as_embedded(ratio, patch_size, visible):
+    torch.manual_seed(0)
+    task = MaskedPrediction(encoder("vit"), ADAM, info(), patch_size=patch_size, mask_ratio=ratio)
+    x, _ = images()
+    seen = {}
+    task.encoder.blocks[0].register_forward_hook(lambda m, i, out: seen.update(embedded=out))
+    for name in ("block1", "block2"):
+        getattr(task.encoder.blocks, name).register_forward_pre_hook(lambda m, i, n=name: seen.update({n: i[0]}))
+    task.task_loss(x, torch.Generator().manual_seed(3))
+    mask, _ = task.mask(x, torch.Generator().manual_seed(3))
+    assert visible == round((1 - ratio) * 16)  # 16 tokens of 4x4 pixels
+    assert seen["block1"].shape == seen["block2"].shape == (len(x), visible, 32)
+    tokens_hidden = patchify(task.hidden_pixels(mask).float(), 4).amax(-1).bool()  # (N, 16) per token
+    assert torch.equal(seen["block1"], seen["embedded"][~tokens_hidden].view(len(x), visible, 32))
+
+
+def test_the_prediction_uses_nothing_of_the_hidden_pixels():
+    torch.manual_seed(0)
+    for arch in ("vit", "cnn"):
+        task = MaskedPrediction(encoder(arch), ADAM, info()).eval()
+        x, _ = images()
+        mask, _ = task.mask(x, torch.Generator().manual_seed(1))
+        noise = torch.randn_like(x) * task.hidden_pixels(mask)
+        with torch.no_grad():
+            assert torch.equal(task(x + noise, mask), task(x, mask)), arch
+            assert not torch.equal(task(x + noise.roll(4, dims=3), mask), task(x, mask)), arch  # visible noise
+
+
+def test_split_visible_keeps_the_visible_in_order_and_restores_every_token_to_its_place():
+    torch.manual_seed(0)
+    mask = random_patch_mask(5, 12, 0.75)
+    tokens = torch.randn(5, 12, 3)
+    ids_keep, ids_restore = split_visible(mask, 3)
+    assert torch.equal(ids_keep, torch.arange(12).expand(5, -1)[~mask].view(5, 3))
+    kept = tokens.gather(1, ids_keep.unsqueeze(-1).expand(-1, -1, 3))
+    filler = torch.full((5, 9, 3), -7.0)  # the mask tokens
+    restored = torch.cat([kept, filler], dim=1).gather(1, ids_restore.unsqueeze(-1).expand(-1, -1, 3))
+    assert torch.equal(restored[~mask], tokens[~mask])
+    assert (restored[mask] == -7.0).all()
+    shuffle = mask.to(torch.uint8).argsort(dim=1, stable=True)  # the order ids_restore undoes
+    assert torch.equal(
+        tokens.gather(1, shuffle.unsqueeze(-1).expand(-1, -1, 3)).gather(
+            1, ids_restore.unsqueeze(-1).expand(-1, -1, 3)
+        ),
+        tokens,
+    )
+
+
+@pytest.mark.parametrize("arch", ["vit", "cnn"])
+@pytest.mark.parametrize("norm_pix", [False, True])
+def test_the_preview_shows_visible_patches_as_given_and_hidden_ones_as_predicted(arch, norm_pix):
+    torch.manual_seed(0)
+    task = MaskedPrediction(encoder(arch), ADAM, info(), norm_pix_loss=norm_pix).eval()
+    x, _ = images()
+    mask, _ = task.mask(x, torch.Generator().manual_seed(2))
+    hidden = task.hidden_pixels(mask).expand_as(x)
+    masked, shown = task.reconstruct(x, torch.Generator().manual_seed(2))
+    assert torch.equal(masked, x.masked_fill(hidden, 0.0))
+    assert torch.equal(shown[~hidden], x[~hidden])
+    with torch.no_grad():
+        prediction = task(x, mask)
+    if not norm_pix:
+        assert torch.equal(shown[hidden], prediction[hidden])
+    # Nothing of the hidden patches' true pixels reaches the picture, not even their mean or spread.
+    _, other = task.reconstruct(x + 3 * torch.randn_like(x) * hidden, torch.Generator().manual_seed(2))
+    assert torch.equal(other[hidden], shown[hidden])
+
+
+def test_vit_patch_sizes_and_decoder_options_are_checked():
+    with pytest.raises(ValueError, match="multiple of the vit's patch size 4"):
+        MaskedPrediction(encoder("vit"), ADAM, info(), patch_size=2)
+    with pytest.raises(ValueError, match="decoder_dim a multiple of decoder_heads"):
+        MaskedPrediction(encoder("vit"), ADAM, info(), decoder_dim=30, decoder_heads=4)
+    task = MaskedPrediction(encoder("vit"), ADAM, info(), decoder_dim=16, decoder_depth=3, decoder_heads=2)
+    assert len(task.decoder.blocks) == 3 and task.decoder.mask_token.shape == (1, 1, 16)
+
+
+@pytest.mark.slow
+def test_a_masked_vit_run_resumed_mid_epoch_ends_with_the_same_weights(tmp_path, monkeypatch):
+    import lightning as L
+    from conftest import QUIET, make_config
+
+    import pretrain.__main__ as pretrain_main
+
+    class Crash(BaseException):
+        pass
+
+    class CrashAt(L.Callback):
+        def on_train_batch_end(self, trainer, *args) -> None:
+            if trainer.global_step == 8:
+                raise Crash
+
+    run = ["task=masked", "backbone=vit", "backbone.dim=16", "backbone.layers=2", "task.decoder_dim=16"]
+    run += ["trainer.max_epochs=2", "+trainer.limit_train_batches=6", "faults.checkpoint_every_n_steps=3", *QUIET]
+    pretrain_main.run(make_config("pretrain", run), tmp_path / "ref")
+    build = pretrain_main.build_trainer
+    monkeypatch.setattr(
+        pretrain_main, "build_trainer", lambda c, d, cb=(), faults=None: build(c, d, [*cb, CrashAt()], faults=faults)
+    )
+    with pytest.raises(Crash):
+        pretrain_main.run(make_config("pretrain", run), tmp_path / "run")
+    monkeypatch.undo()
+    assert torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 6
+    pretrain_main.run(make_config("pretrain", [*run, f"resume={tmp_path / 'run'}"]), tmp_path / "run")
+    states = [
+        torch.load(tmp_path / r / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"] for r in ("ref", "run")
+    ]
+    assert states[0].keys() == states[1].keys() and any(k.startswith("decoder.blocks") for k in states[0])
+    assert all(torch.equal(states[0][k], states[1][k]) for k in states[0])  # bit for bit, decoder included
