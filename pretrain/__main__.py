@@ -32,7 +32,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     task = make_task(encoder=encoder, optimizer=instantiate(cfg.optimizer), data=info)
     if checkpoint is not None:
         check_resumable(checkpoint, task)
-    trainer = build_trainer(cfg.trainer, run_dir, faults=instantiate(cfg.faults))
+    trainer = build_trainer(cfg.trainer, run_dir, [instantiate(cfg.online_eval)], faults=instantiate(cfg.faults))
     trainer.fit(task, datamodule=datamodule, ckpt_path=checkpoint)
     metrics = {**{k: float(v) for k, v in trainer.callback_metrics.items()}, **task.epoch_means}
     results = {

@@ -59,6 +59,7 @@ KINDS: dict[str, type] = {
     "optimizer": torch.optim.Optimizer,
     "trainer": L.Trainer,
     "faults": FaultTolerance,
+    "online_eval": L.Callback,
 }
 """What the ``_target_`` of each top-level group must build."""
 
@@ -96,6 +97,10 @@ RULES: list[tuple[str, Callable[[Any], bool], str]] = [
     ("trainer.max_epochs", _at_least_one, "must be at least 1, e.g. trainer.max_epochs=10"),
     ("faults.checkpoint_every_n_steps", _at_least_one, "must be at least 1, or null: at epoch ends only"),
     ("faults.check_finite_every_n_steps", _at_least_one, "must be at least 1"),
+    ("online_eval.every_n_epochs", _at_least_one, "must be at least 1, or null: no online evaluation"),
+    ("online_eval.k", _at_least_one, "must be at least 1, e.g. online_eval.k=20"),
+    ("online_eval.temperature", _positive, "must be positive, e.g. online_eval.temperature=0.07"),
+    ("online_eval.max_train_images", _at_least_one, "must be at least 1, or null: every training image"),
     ("reuse_blocks", _at_least_one, "must be at least 1, or null: every block of the encoder"),
     ("schedule.unfreeze_epoch", _non_negative, "must be an epoch >= 0, or null: never unfreeze"),
     ("schedule.unfreeze_top", _at_least_one, "must be at least 1, or null: unfreeze every reused block"),

@@ -75,6 +75,8 @@ def test_pretraining_lowers_the_loss_and_finetuning_beats_chance(tmp_path):
     train = [(int(r["epoch"]), float(r["train/loss_epoch"])) for r in rows if r["train/loss_epoch"]]
     assert [epoch for epoch, _ in train] == [0, 1, 2] and train[-1][1] < train[0][1]
     assert pre["metrics"]["train/loss_epoch"] == train[-1][1]
+    knn = [float(r["val/knn_acc"]) for r in rows if r["val/knn_acc"]]  # conf/online_eval: every epoch by default
+    assert len(knn) == 3 and pre["metrics"]["val/knn_acc"] == knn[-1] > 0.5  # chance is 0.1
     scratch = finetune_main.run(make_config("finetune", ["trainer.max_epochs=20", *QUIET]), tmp_path / "s")
     transfer = finetune_main.run(
         make_config(

@@ -1,0 +1,60 @@
+"""The k-NN accuracies every pretrained encoder is compared against: raw pixels, and the backbone untrained.
+
+The measure of ``val/knn_acc`` (pretrain/callbacks/online_eval.py, the same functions): k=20
+nearest training images by cosine similarity, votes weighted by exp(similarity / 0.07), here
+with every image of the training split as the bank, scored on the official test split.
+
+    PRETEXT_DATA=/path/to/data python scripts/knn_floors.py --data fashion_mnist --backbone cnn
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import torch
+from omegaconf import OmegaConf
+from torch import nn
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from pretrain.callbacks.online_eval import knn_predict, pooled_features  # noqa: E402
+from pretrain.data import channel_stats, load_source, normalize  # noqa: E402
+from pretrain.encoders import build_encoder  # noqa: E402
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", default="fashion_mnist", help="a data set with an official test split")
+    parser.add_argument("--backbone", default="cnn", help="a file of conf/backbone, at random initial weights")
+    parser.add_argument("--seed", type=int, default=0, help="of the random weights")
+    parser.add_argument("--k", type=int, default=20)
+    parser.add_argument("--temperature", type=float, default=0.07)
+    args = parser.parse_args()
+    train, test = load_source(args.data)
+    mean, std = channel_stats(train.images)
+    torch.manual_seed(args.seed)
+    options = OmegaConf.to_container(OmegaConf.load(REPO / "conf" / "backbone" / f"{args.backbone}.yaml"))
+    encoder = build_encoder(input_shape=tuple(train.images.shape[1:]), **options).eval()
+    for name, model in (
+        ("pixels", nn.Flatten()),  # as every encoder sees them: normalized by the training split's mean and std
+        (f"{args.backbone}, random weights (seed {args.seed})", encoder),
+    ):
+        start = time.perf_counter()
+        bank, features = (
+            pooled_features(model, s.images, lambda x: normalize(x, mean, std), 1024, torch.device("cpu"))
+            for s in (train, test)
+        )
+        predicted = knn_predict(features, bank, train.labels, len(train.classes), args.k, args.temperature)
+        accuracy = (predicted == test.labels).float().mean().item()
+        print(
+            f"{args.data} k-NN (k={args.k}, T={args.temperature}, {len(train.labels)} training images, "
+            f"{len(test.labels)} test images), {name}: {100 * accuracy:.2f}% ({time.perf_counter() - start:.1f} s)"
+        )
+
+
+if __name__ == "__main__":
+    main()
