@@ -14,8 +14,8 @@ without a schema to keep in sync:
 - ``backbone`` is checked the same way against its architecture's builder in
   ``encoders.BACKBONES``; other plain nodes against the keys and value types of the file;
 - a short table of value rules (positive learning rate, batch size, epochs, ...), the data
-  module's own value checks (``data.value_problems``), and the cross-checks a signature cannot
-  express (unfreeze epoch before the last epoch);
+  module's own value checks (``data.value_problems``), a task's (``PretextTask.value_problems``),
+  and the cross-checks a signature cannot express (unfreeze epoch before the last epoch);
 - the optimizer is built once on a dummy parameter, so torch's own argument checks run now.
 
 Checks that need the data or the encoder file (label budget, class names, input shape,
@@ -208,6 +208,9 @@ def _check_target(path: str, node: dict[str, Any], problems: list[str]) -> None:
         known = DATA_SETS
         if isinstance(node.get("name"), str) and node["name"] not in known:
             problems.append(f"data.name={node['name']!r} is not a data set{_did_you_mean(node['name'], known)}")
+    if isinstance(obj, type) and issubclass(obj, PretextTask) and len(problems) == found_before:
+        checked = inspect.signature(obj.value_problems).parameters
+        problems.extend(obj.value_problems(**{k: v for k, v in node.items() if k in checked}))
 
 
 def _check_backbone(node: Any, problems: list[str]) -> None:

@@ -55,6 +55,10 @@ BAD_CONFIGS = [
     ("finetune", ["trainer.gradient_clip_val=inf"], r"trainer.gradient_clip_val=inf must be >= 0 and finite"),
     ("pretrain", ["data.val_size=1.5"], r"data.val_size=1.5 must be a whole count >= 0 or a fraction in \[0, 1\)"),
     ("pretrain", ["task=siamese", "data.pairs_per_image=0"], r"data.pairs_per_image=0 must be at least 1"),
+    ("pretrain", ["task=contrastive", "task.temperature=0"], r"task.temperature=0 must be positive"),
+    ("pretrain", ["task=contrastive", "task.crop_scale=[0.5,0.2]"], r"task.crop_scale=\[0.5, 0.2\] must be \[low, "),
+    ("pretrain", ["task=contrastive", "task.crop_ratio=[1]"], r"task.crop_ratio=\[1\] must be \[low, high\] aspect"),
+    ("pretrain", ["task=contrastive", "task.jitter_p=1.5"], r"task.jitter_p=1.5 must be a probability"),
     ("pretrain", ["data=folder", "data.root=/x", "data.image_size=[0,0]"], r"data.image_size=\[0, 0\] must be \["),
     ("pretrain", ["data=faces", "data.image_size=[-4,40]"], r"data.image_size=\[-4, 40\] must be"),
     ("pretrain", ["data.std=[0]"], r"data.std=\[0\] must be positive"),
@@ -114,7 +118,11 @@ def test_every_problem_is_in_the_one_message():
 
 
 def test_the_shipped_configs_are_valid():
-    for overrides in (["task=supervised", "backbone=cnn", "optimizer=nesterov"], ["data=folder", "data.root=/x"]):
+    for overrides in (
+        ["task=supervised", "backbone=cnn", "optimizer=nesterov"],
+        ["data=folder", "data.root=/x"],
+        ["task=contrastive", "backbone=vit"],
+    ):
         validate_config(make_config("pretrain", overrides), "pretrain")
     validate_config(make_config("finetune", ["encoder=e.safetensors", "backbone=resnet18"]), "finetune")
     validate_config(make_config("finetune", ["trainer=ddp", "experiment=fashion_transfer"]), "finetune")
@@ -371,8 +379,8 @@ TYPOS = [
     (
         pretrain_main,
         ["task=nosuch"],
-        "task=nosuch is not an option of task; the options are ['autoencoder', 'gan', 'masked', 'siamese', "
-        "'supervised']",
+        "task=nosuch is not an option of task; the options are ['autoencoder', 'contrastive', 'gan', 'masked', "
+        "'siamese', 'supervised']",
     ),
     (pretrain_main, ["task=autoencodr"], "task=autoencodr is not an option of task (did you mean 'autoencoder'?)"),
     (

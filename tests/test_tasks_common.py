@@ -11,12 +11,13 @@ from synthetic import ADAM, encoder, images, info, loader, snapshot, trainer
 from pretrain.callbacks.channels_last import ChannelsLast
 from pretrain.export import load_encoder, save_encoder
 from pretrain.tasks.autoencoder import Autoencoder
+from pretrain.tasks.contrastive import Contrastive
 from pretrain.tasks.gan import GAN
 from pretrain.tasks.masked import MaskedPrediction
 from pretrain.tasks.siamese import Siamese
 
-TASKS = ["gan", "masked", "siamese", "greedy"]
-SHAPE = (1, 8, 8)  # small: these tests train 16 models
+TASKS = ["gan", "masked", "siamese", "greedy", "contrastive"]
+SHAPE = (1, 8, 8)  # small: these tests train 20 models
 
 
 def build(task: str, arch: str, **kw):
@@ -27,6 +28,8 @@ def build(task: str, arch: str, **kw):
         return MaskedPrediction(enc, ADAM, data, **kw)
     if task == "siamese":
         return Siamese(enc, ADAM, data, **kw)
+    if task == "contrastive":
+        return Contrastive(enc, ADAM, data, **kw)
     return Autoencoder(enc, ADAM, data, greedy=True, stage_epochs=50, **kw)
 
 
@@ -41,6 +44,8 @@ def task_loss(module, task: str, x: torch.Tensor, y: torch.Tensor) -> float:
         if task == "siamese":
             pairs, same = next(iter(loader(x, y, batch_size=len(y), pairs=True)))
             return F.binary_cross_entropy_with_logits(module(pairs)[0], same.float()).item()
+        if task == "contrastive":
+            return module.task_loss(x, torch.Generator().manual_seed(0))[0].item()
         return module.stage_loss(x).item()
 
 

@@ -37,6 +37,13 @@ class PretextTask(L.LightningModule):
         self._epoch_sums: dict[str, tuple[Tensor, int]] = {}  # name: (sum of value * batch size, images)
         self.epoch_means: dict[str, float] = {}  # the last training epoch's train/NAME_epoch
 
+    @staticmethod
+    def value_problems() -> list[str]:
+        """What is wrong with the values of the task's options (its config node's values, already of the
+        right types), one line each; ``validate_config`` passes those the signature names. A task with
+        rules on its values overrides this, and checks them when it is built too."""
+        return []
+
     def __setattr__(self, name: str, value: Any) -> None:
         # Lightning writes the name of the hook it calls here before and after every hook, some 40
         # times a step. nn.Module's __setattr__ first looks for a parameter, buffer or submodule of

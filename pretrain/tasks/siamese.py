@@ -6,6 +6,7 @@ afresh each epoch from the identity labels; see ``data.PairBatches``). The head 
 cross-entropy; a contrastive loss on the normalized embeddings can be added. The logged
 ``val/acc`` is verification accuracy on pairs of the validation people, who are never
 seen in training when the data splits by class (``data.split_by=class``, the faces default).
+For images without identities, ``contrastive`` makes each pair from two augmented views of one image.
 """
 
 from __future__ import annotations
