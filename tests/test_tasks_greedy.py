@@ -78,3 +78,41 @@ def test_later_stages_reconstruct_the_features_of_the_block_below():
         features = task.encoder.blocks[:k](x) if k else x
         out = decoder(task.encoder.blocks[k](features))
         assert tuple(out.shape[1:]) == shapes[k]
+
+
+@pytest.mark.parametrize("greedy", [False, True])
+def test_a_denoising_autoencoder_sees_noisy_input_and_reconstructs_the_clean_one(greedy, tmp_path):
+    torch.manual_seed(0)
+    x, y = images()
+    task = Autoencoder(encoder("cnn"), ADAM, info(), greedy=greedy, noise=0.5)
+    seen = []
+    task.encoder.blocks[0].register_forward_pre_hook(lambda module, args: seen.append(args[0].detach().clone()))
+    task.train()
+    task.task_loss(x[:8].float())
+    assert not torch.allclose(seen[-1], x[:8].float())  # the input is corrupted in training ...
+    assert 0.4 < (seen[-1] - x[:8].float()).std() < 0.6  # ... by noise of the configured std
+    task.eval()
+    clean = Autoencoder(encoder("cnn"), ADAM, info(), greedy=greedy)
+    clean.load_state_dict(task.state_dict())
+    clean.eval()
+    with torch.no_grad():  # evaluation: no noise, so the same loss as without the option
+        assert torch.equal(task.task_loss(x[:8].float()), clean.task_loss(x[:8].float()))
+    with pytest.raises(ValueError, match="task.noise=-1 must be a standard deviation >= 0"):
+        Autoencoder(encoder("cnn"), ADAM, info(), noise=-1)
+
+
+def test_a_denoising_autoencoders_loss_falls(tmp_path):
+    torch.manual_seed(0)
+    task = Autoencoder(encoder("mlp"), ADAM, info(), noise=0.3)
+    losses = []
+
+    class Losses(L.Callback):  # the task's epoch means are set after the callbacks' epoch ends
+        def on_train_epoch_start(self, trainer, pl_module) -> None:
+            self.on_train_end(trainer, pl_module)
+
+        def on_train_end(self, trainer, pl_module) -> None:
+            if "train/loss_epoch" in pl_module.epoch_means:
+                losses.append(pl_module.epoch_means["train/loss_epoch"])
+
+    trainer(tmp_path, [Losses()], max_epochs=6).fit(task, loader(*images()))
+    assert len(losses) == 6 and losses[-1] < losses[0]

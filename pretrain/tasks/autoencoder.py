@@ -95,6 +95,11 @@ class Autoencoder(PretextTask):
     ``stage_epochs`` epochs (default: ``trainer.max_epochs`` split evenly over the stages).
     The stage is a function of the epoch alone, so a resumed run picks it up where it was.
     The exported encoder is the full stack.
+
+    With ``noise`` > 0 it is a denoising autoencoder (Vincent et al., 2008): in training, Gaussian
+    noise of that standard deviation (in normalized units) is added to what the encoder (or the
+    stage's block) takes in, and the target is the clean input, so the features must capture
+    the structure of the images rather than copy pixels.
     """
 
     name = "autoencoder"
@@ -107,13 +112,16 @@ class Autoencoder(PretextTask):
         loss: str = "mse",
         greedy: bool = False,
         stage_epochs: int | None = None,
+        noise: float = 0.0,
     ) -> None:
         super().__init__(encoder, optimizer, data)
+        if not 0 <= noise < math.inf:
+            raise ValueError(f"task.noise={noise} must be a standard deviation >= 0 (0: no noise)")
         if loss not in LOSSES:
             raise ValueError(f"task.loss must be one of {LOSSES}, not {loss!r}")
         if stage_epochs is not None and (not greedy or stage_epochs < 1):
             raise ValueError(f"task.stage_epochs={stage_epochs} needs task.greedy=true and a value of at least 1")
-        self.loss, self.greedy, self.stage_epochs = loss, greedy, stage_epochs
+        self.loss, self.greedy, self.stage_epochs, self.noise = loss, greedy, stage_epochs, noise
         if greedy:
             shapes = encoder.block_shapes()
             activation = encoder.options.get("activation", "relu")
@@ -123,6 +131,10 @@ class Autoencoder(PretextTask):
             )
         else:
             self.decoder = mirror_decoder(encoder)
+
+    def corrupted(self, x: Tensor) -> Tensor:
+        """What the encoder takes in: ``x`` with the denoising noise in training, ``x`` otherwise."""
+        return x + self.noise * torch.randn_like(x) if self.noise and self.training else x
 
     def forward(self, x: Tensor) -> Tensor:
         if self.greedy:
@@ -182,7 +194,7 @@ class Autoencoder(PretextTask):
         k = self.stage
         with torch.no_grad():
             features = self.encoder.blocks[:k](images)  # frozen blocks: no graph, so no gradient
-        output = self.stage_decoders[k](self.encoder.blocks[k](features))
+        output = self.stage_decoders[k](self.encoder.blocks[k](self.corrupted(features)))
         if k == 0:
             return reconstruction_loss(output, images, self.loss, self.data_info)
         return F.mse_loss(output, features)
@@ -193,7 +205,7 @@ class Autoencoder(PretextTask):
         """The loss on a batch: the current stage's under greedy training, the whole stack's otherwise."""
         if self.greedy:
             return self.stage_loss(images)
-        return reconstruction_loss(self(images), images, self.loss, self.data_info)
+        return reconstruction_loss(self(self.corrupted(images)), images, self.loss, self.data_info)
 
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         loss = self.task_loss(batch[0])
