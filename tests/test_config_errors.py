@@ -130,6 +130,13 @@ def test_the_shipped_configs_are_valid():
     validate_config(make_config("finetune", ["trainer.max_epochs=2"]), "finetune")
 
 
+@pytest.mark.parametrize("name", ["pretrain", "finetune"])
+def test_the_quick_preset_shortens_any_run(name):
+    cfg = make_config(name, ["debug=quick", "trainer.max_epochs=3"])  # the command line still has the last word
+    validate_config(cfg, name)
+    assert (cfg.trainer.max_epochs, cfg.trainer.limit_train_batches, cfg.trainer.limit_val_batches) == (3, 10, 2)
+
+
 @pytest.mark.parametrize(
     "overrides,error,message",
     [
