@@ -123,7 +123,9 @@ def test_a_crashed_run_resumes_to_the_same_weights(tmp_path, monkeypatch):
 
     build = pretrain_main.build_trainer
     with monkeypatch.context() as patched:
-        patched.setattr(pretrain_main, "build_trainer", lambda c, d, faults=None: build(c, d, [CrashAt27()], faults))
+        patched.setattr(
+            pretrain_main, "build_trainer", lambda c, d, cb=(), faults=None: build(c, d, [*cb, CrashAt27()], faults=faults)
+        )
         with pytest.raises(Crash):
             pretrain_main.run(make_config("pretrain", RUN), tmp_path / "run")
     torch.manual_seed(12345)  # whatever the process drew since, the checkpoint's state is the one restored
