@@ -122,10 +122,11 @@ def test_a_crashed_run_resumes_to_the_same_weights(tmp_path, monkeypatch):
                 raise Crash
 
     build = pretrain_main.build_trainer
+    def crashing(cfg, run_dir, callbacks=(), faults=None):
+        return build(cfg, run_dir, [*callbacks, CrashAt27()], faults=faults)
+
     with monkeypatch.context() as patched:
-        patched.setattr(
-            pretrain_main, "build_trainer", lambda c, d, cb=(), faults=None: build(c, d, [*cb, CrashAt27()], faults=faults)
-        )
+        patched.setattr(pretrain_main, "build_trainer", crashing)
         with pytest.raises(Crash):
             pretrain_main.run(make_config("pretrain", RUN), tmp_path / "run")
     torch.manual_seed(12345)  # whatever the process drew since, the checkpoint's state is the one restored
