@@ -122,6 +122,7 @@ def test_a_crashed_run_resumes_to_the_same_weights(tmp_path, monkeypatch):
                 raise Crash
 
     build = pretrain_main.build_trainer
+
     def crashing(cfg, run_dir, callbacks=(), faults=None):
         return build(cfg, run_dir, [*callbacks, CrashAt27()], faults=faults)
 
