@@ -24,6 +24,7 @@ import safetensors.torch
 import torch
 from safetensors.torch import save as safetensors_bytes
 
+from pretrain.callbacks.finite_loss import nonfinite
 from pretrain.encoders import BACKBONES, Encoder, build_encoder, encoder_blocks
 from pretrain.files import atomic_write
 from pretrain.typecheck import describe, fits, parameter_types
@@ -264,12 +265,12 @@ def _read_tensors(path: Path, data: bytes, found: dict[str, TensorSpec]) -> dict
 
 def _check_finite(source: Path, tensors: dict[str, torch.Tensor]) -> None:
     """Refuse NaN or infinite weights, which no training step can recover from, naming the first."""
-    for name, tensor in tensors.items():
-        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
-            raise EncoderFileError(
-                f"{source}: tensor {name} holds NaN or infinite values: the training it comes from diverged; "
-                "export an earlier checkpoint"
-            )
+    bad = nonfinite(tensors)
+    if bad:
+        raise EncoderFileError(
+            f"{source}: tensor {bad[0]} holds NaN or infinite values: the training it comes from diverged; "
+            "export an earlier checkpoint"
+        )
 
 
 def _parse_metadata(path: Path, header: dict[str, str], found: dict[str, TensorSpec]) -> dict[str, Any]:
