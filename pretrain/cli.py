@@ -29,7 +29,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
 from pretrain.callbacks.finite_loss import NonFiniteLossError
-from pretrain.compose import explain
+from pretrain.compose import explain, explain_value_error
 from pretrain.data import DataError
 from pretrain.encoders import EncoderError
 from pretrain.export import EncoderFileError
@@ -84,6 +84,10 @@ def command(name: str, run: Callable[[DictConfig, Path], Any]) -> Callable[[], N
         except CompactHydraException as err:  # Hydra's refusal of the command line: nothing is written yet
             args = get_args_parser().parse_args()
             refuse(explain(err, args.config_name or name, args.overrides))
+        except ValueError as err:
+            if not _composing:  # raised past our own reporting: not a composition error
+                raise
+            refuse(explain_value_error(err, get_args_parser().parse_args().overrides))
         finally:
             composed()
 

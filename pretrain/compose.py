@@ -18,7 +18,7 @@ from hydra.errors import CompactHydraException, ConfigCompositionException, Miss
 from omegaconf import DictConfig
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
 
-from pretrain.validate import CONF, ConfigError, _did_you_mean, validate_config
+from pretrain.validate import CONF, ConfigError, _did_you_mean, group_options, validate_config
 
 
 def compose_config(name: str, overrides: Sequence[str]) -> DictConfig:
@@ -61,6 +61,15 @@ def explain(err: CompactHydraException, name: str, overrides: Sequence[str]) -> 
             return str(found)
         break
     return _hydra_message(err)
+
+
+def explain_value_error(err: ValueError, overrides: Sequence[str]) -> str:
+    """What Hydra's bare ValueError while composing is about: ``GROUP=null``, a group set to no option."""
+    for override in overrides:
+        key, _, value = override.lstrip("+").partition("=")
+        if value == "null" and (CONF / key).is_dir():
+            return f"{key}=null: {key} is a config group and needs one of its options {group_options(key)}"
+    return str(err)
 
 
 def _hydra_message(err: CompactHydraException) -> str:

@@ -127,6 +127,7 @@ def validate_config(cfg: DictConfig, name: str) -> None:
     problems: list[str] = []
     reference = OmegaConf.to_container(OmegaConf.load(CONF / f"{name}.yaml"))
     known = _top_level_keys(reference)
+    problems += [_missing_group(group) for group in _required_groups(reference) if not _chosen(group, plain)]
     for key, value in plain.items():
         if key not in known:
             problems.append(f"unknown key '{key}'{_did_you_mean(key, sorted(known))}")
@@ -159,6 +160,34 @@ def _top_level_keys(reference: dict[str, Any]) -> set[str]:
             if not group.startswith(("hydra", "/hydra")):
                 keys.add(group.lstrip("/").split("/")[0])
     return keys
+
+
+def _required_groups(reference: dict[str, Any]) -> list[str]:
+    """The groups a command's defaults list chooses an option of (not ``group: null`` ones)."""
+    return [
+        group
+        for entry in reference.get("defaults", [])
+        if isinstance(entry, dict)
+        for group, option in entry.items()
+        if option is not None and " " not in group and not group.startswith(("hydra", "/hydra"))
+    ]
+
+
+def _chosen(group: str, plain: dict[str, Any]) -> bool:
+    """Whether an option of ``group`` is in the config (not only the command's own settings of it)."""
+    return isinstance(plain.get(group), dict) and (group not in KINDS or "_target_" in plain[group])
+
+
+def group_options(group: str) -> list[str]:
+    """The options of config group ``group``: the files in conf/GROUP/ but those the others build on."""
+    files = sorted((CONF / group).glob("*.yaml"))
+    bases = {b for f in files for b in OmegaConf.load(f).get("defaults", []) if isinstance(b, str)}
+    return [f.stem for f in files if f.stem not in bases]
+
+
+def _missing_group(group: str) -> str:
+    options = group_options(group)
+    return f"{group} is missing: it is a config group, choose one of its options {options}, e.g. {group}={options[0]}"
 
 
 def _did_you_mean(word: str, options: Any) -> str:

@@ -397,6 +397,14 @@ TYPOS = [
         "\n  optimizer.lr=-1 must be positive and finite, e.g. optimizer.lr=0.001",
     ),
     (finetune_main, ["-m", "data.batchsize=32,64"], "invalid configuration:\n  data.batchsize is not an option of"),
+    # a group set to nothing (Hydra's bare ValueError) or removed
+    (pretrain_main, ["online_eval=null"], "online_eval=null: online_eval is a config group and needs one of its"),
+    (
+        finetune_main,
+        ["~data"],
+        "invalid configuration:\n  data is missing: it is a config group, choose one of its options ['digits', "
+        "'faces', 'fashion_mnist', 'folder', 'mnist'], e.g. data=digits",
+    ),
 ]
 
 
