@@ -7,8 +7,10 @@ import re
 
 import pytest
 import torch
+from conftest import QUIET, make_config
 from torchvision.transforms.v2 import functional as TF
 
+import pretrain.__main__ as pretrain_main
 from pretrain.augment import (
     TRANSFORMS,
     Augment,
@@ -144,3 +146,15 @@ def test_bad_specs_are_named_with_the_fix(augment, message):
     assert re.match(message, problem)
     with pytest.raises(DataError, match=message):  # ... that the data module refuses with
         ImageDataModule(augment=augment)
+
+
+@pytest.mark.slow
+def test_a_run_with_strong_augmentation_trains_and_repeats(tmp_path):
+    """augment=strong on the training batches of a real run: the same seed gives the same numbers,
+    and they are not those of the run without it."""
+    quick = ["trainer.max_epochs=1", "+trainer.limit_train_batches=3", "online_eval.every_n_epochs=null", *QUIET]
+    strong = [pretrain_main.run(make_config("pretrain", ["augment=strong", *quick]), tmp_path / r) for r in "ab"]
+    plain = pretrain_main.run(make_config("pretrain", quick), tmp_path / "plain")
+    assert strong[0]["metrics"] == strong[1]["metrics"] != plain["metrics"]
+    assert sorted(strong[0]["config"]["data"]["augment"]) == sorted(TRANSFORMS)
+    assert strong[0]["config"]["data"]["hflip"] and not plain["config"]["data"]["hflip"]
