@@ -825,6 +825,6 @@ class ImageDataModule(L.LightningDataModule):
 
     def on_after_batch_transfer(self, batch: tuple[Tensor, Tensor], dataloader_idx: int) -> tuple[Tensor, Tensor]:
         images, labels = batch
-        if self.trainer is not None and self.trainer.training and self.augment:
+        if self.trainer is not None and self.trainer.training and self.augment.active:
             images = self.augment(images)
         return self.normalize(images), labels

@@ -78,7 +78,7 @@ def test_the_same_seed_draws_the_same_views():
 
 def test_an_empty_augment_changes_nothing():
     x = images()
-    assert not Augment() and Augment()(x) is x
+    assert not Augment().active and Augment()(x) is x
 
 
 def test_a_whole_image_crop_is_the_image_and_a_quarter_magnifies_it():
