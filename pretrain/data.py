@@ -17,13 +17,14 @@ import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import lightning as L
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
+from pretrain.augment import Augment, augment_problems
 from pretrain.text import printable
 
 DATA_ENV = "PRETEXT_DATA"
@@ -571,24 +572,6 @@ class PairBatches(TensorBatches):
             yield self.images[torch.cat([a, b])], same[start : start + self.batch_size]
 
 
-def augment_batch(x: Tensor, hflip: bool, max_shift: int) -> Tensor:
-    """Per-image random horizontal flips and translations of a float batch, fully vectorized."""
-    n = x.shape[0]
-    if hflip:
-        flip = torch.rand(n, device=x.device) < 0.5
-        x = torch.where(flip[:, None, None, None], x.flip(-1), x)
-    if max_shift > 0:
-        h, w = x.shape[-2:]
-        shift = torch.randint(-max_shift, max_shift + 1, (n, 2), device=x.device).to(x.dtype)
-        theta = torch.zeros(n, 2, 3, device=x.device, dtype=x.dtype)
-        theta[:, 0, 0] = theta[:, 1, 1] = 1
-        theta[:, 0, 2] = 2 * shift[:, 0] / w
-        theta[:, 1, 2] = 2 * shift[:, 1] / h
-        grid = F.affine_grid(theta, list(x.shape), align_corners=False)
-        x = F.grid_sample(x, grid, mode="nearest", padding_mode="zeros", align_corners=False)
-    return x
-
-
 def normalize(images: Tensor, mean: Sequence[float], std: Sequence[float]) -> Tensor:
     """0..255 images (uint8 or float) to ``(x / 255 - mean) / std`` per channel."""
     scale, shift = _affine(tuple(mean), tuple(std), images.device)
@@ -621,6 +604,7 @@ def value_problems(
     max_shift: int = 0,
     pairs_per_image: int = 1,
     min_batches_per_epoch: int | None = None,
+    augment: dict[str, dict[str, Any]] | None = None,
 ) -> list[str]:
     """What is wrong with the values of these ``ImageDataModule`` arguments (of the right types),
     one line each: checked at construction, and with the rest of the config by ``validate_config``."""
@@ -640,7 +624,7 @@ def value_problems(
         problems.append(f"data.pairs_per_image={pairs_per_image} must be at least 1, e.g. data.pairs_per_image=1")
     if min_batches_per_epoch is not None and min_batches_per_epoch < 1:
         problems.append(f"data.min_batches_per_epoch={min_batches_per_epoch} must be at least 1, or null: one pass")
-    return problems
+    return problems + augment_problems(augment)
 
 
 class ImageDataModule(L.LightningDataModule):
@@ -683,6 +667,7 @@ class ImageDataModule(L.LightningDataModule):
         batches: str = "images",
         pairs_per_image: int = 1,
         min_batches_per_epoch: int | None = None,
+        augment: dict[str, dict[str, Any]] | None = None,
     ) -> None:
         super().__init__()
         for option, value, allowed in (
@@ -693,7 +678,7 @@ class ImageDataModule(L.LightningDataModule):
             if value not in allowed:
                 raise DataError(f"data.{option} must be one of {allowed}, not {value!r}")
         if problems := value_problems(
-            image_size, mean, std, val_size, max_shift, pairs_per_image, min_batches_per_epoch
+            image_size, mean, std, val_size, max_shift, pairs_per_image, min_batches_per_epoch, augment
         ):
             raise DataError("; ".join(problems))
         self.split_by, self.test_split = split_by, test_split
@@ -704,7 +689,8 @@ class ImageDataModule(L.LightningDataModule):
         self.label_budget, self.val_size = label_budget, val_size
         self.batch_size, self.eval_batch_size, self.seed = batch_size, eval_batch_size, seed
         self.mean, self.std = mean, std
-        self.hflip, self.max_shift = hflip, max_shift
+        self.max_shift = max_shift
+        self.augment = Augment(augment, hflip, max_shift)  # training batches only, on their device
         self.image_size = tuple(image_size) if image_size is not None else None
         self.grayscale, self.on_bad_file = grayscale, on_bad_file
         self.train_set: ImageSet | None = None
@@ -839,6 +825,6 @@ class ImageDataModule(L.LightningDataModule):
 
     def on_after_batch_transfer(self, batch: tuple[Tensor, Tensor], dataloader_idx: int) -> tuple[Tensor, Tensor]:
         images, labels = batch
-        if self.trainer is not None and self.trainer.training and (self.hflip or self.max_shift):
-            images = augment_batch(images.float(), self.hflip, self.max_shift)
+        if self.trainer is not None and self.trainer.training and self.augment.active:
+            images = self.augment(images)
         return self.normalize(images), labels

@@ -182,21 +182,43 @@ def cnn(
         c_in = c_out
 
 
-def resnet18(input_shape: Sequence[int]) -> list[Block]:
-    """torchvision's ResNet-18 (random weights) with a 3x3 stride-1 stem and no max pool,
-    so 8x8 to 32x32 grayscale images keep enough resolution; blocks stem, layer1..layer4."""
+Stem = Literal["auto", "small", "standard"]
+
+SMALL_STEM_MAX_SIDE = 63
+"""``stem="auto"``: images up to this side get the small stem, larger ones torchvision's."""
+
+
+def _resnet(net: nn.Module, input_shape: Sequence[int], stem: Stem) -> list[Block]:
+    """torchvision ResNet ``net`` (random weights) as blocks stem, layer1..layer4, on ``input_shape`` images.
+
+    The ``standard`` stem is torchvision's (7x7 stride-2 convolution and a stride-2 max pool: a
+    quarter of the side, for images of 64 px and more); the ``small`` one a 3x3 stride-1
+    convolution and no pool, so 8x8 to 32x32 images keep enough resolution; ``auto`` picks by the
+    image's shorter side.
+    """
+    if stem == "auto":
+        stem = "small" if min(int(d) for d in input_shape[1:]) <= SMALL_STEM_MAX_SIDE else "standard"
+    if stem not in ("small", "standard"):
+        raise EncoderError(f"resnet: stem must be auto, small or standard, not {stem!r}")
+    size, stride = (3, 1) if stem == "small" else (7, 2)
+    conv = nn.Conv2d(int(input_shape[0]), 64, size, stride=stride, padding=size // 2, bias=False)
+    nn.init.kaiming_normal_(conv.weight, mode="fan_out", nonlinearity="relu")  # as torchvision's
+    layers = [conv, net.bn1, net.relu] + ([net.maxpool] if stem == "standard" else [])
+    return [("stem", nn.Sequential(*layers))] + [(f"layer{i}", getattr(net, f"layer{i}")) for i in range(1, 5)]
+
+
+def resnet18(input_shape: Sequence[int], stem: Stem = "auto") -> list[Block]:
+    """torchvision's ResNet-18 (basic blocks, 512 channels out, 11M weights); see ``_resnet``."""
     from torchvision.models import resnet18 as tv_resnet18
 
-    net = tv_resnet18(weights=None)
-    stem = nn.Sequential(nn.Conv2d(int(input_shape[0]), 64, 3, stride=1, padding=1, bias=False), net.bn1, net.relu)
-    nn.init.kaiming_normal_(stem[0].weight, mode="fan_out", nonlinearity="relu")
-    return [
-        ("stem", stem),
-        ("layer1", net.layer1),
-        ("layer2", net.layer2),
-        ("layer3", net.layer3),
-        ("layer4", net.layer4),
-    ]
+    return _resnet(tv_resnet18(weights=None), input_shape, stem)
+
+
+def resnet50(input_shape: Sequence[int], stem: Stem = "auto") -> list[Block]:
+    """torchvision's ResNet-50 (bottleneck blocks, 2048 channels out, 24M weights); see ``_resnet``."""
+    from torchvision.models import resnet50 as tv_resnet50
+
+    return _resnet(tv_resnet50(weights=None), input_shape, stem)
 
 
 def patchify(images: Tensor, patch_size: int) -> Tensor:
@@ -265,7 +287,13 @@ def vit(
         yield f"block{i + 1}", layer
 
 
-BACKBONES: dict[str, Callable[..., Iterable[Block]]] = {"mlp": mlp, "cnn": cnn, "resnet18": resnet18, "vit": vit}
+BACKBONES: dict[str, Callable[..., Iterable[Block]]] = {
+    "mlp": mlp,
+    "cnn": cnn,
+    "resnet18": resnet18,
+    "resnet50": resnet50,
+    "vit": vit,
+}
 """The only architectures an encoder file may name. A builder yields its blocks bottom up, and
 may build each only when asked for it: ``build_encoder(depth=k)`` pays for the lower k blocks."""
 

@@ -80,6 +80,18 @@ BAD_CONFIGS = [
     ("pretrain", ["optimizer._target_=torch.nn.Linear"], r"optimizer._target_='torch.nn.Linear' is not one of"),
     ("pretrain", ["task._target_=pretrain.tasks.jigsaw.Jigsaw"], r"task._target_='pretrain.tasks.jigsaw.Jigsaw' is"),
     ("pretrain", ["backbone.arch=transformer"], r"backbone.arch='transformer' is not an architecture"),
+    ("pretrain", ["backbone=resnet50", "backbone.stem=huge"], r"backbone.stem='huge' must be one of \['auto', "),
+    (
+        "pretrain",
+        ["augment=strong", "data.augment.crop.scale=[0.5,1.5]"],
+        r"data.augment.crop.scale=\[0.5, 1.5\] must be \[low, high\] fractions of the image area",
+    ),
+    ("finetune", ["+data.augment.blurr={}"], r"data.augment.blurr is not a transform: did you mean 'blur'\?"),
+    (
+        "pretrain",
+        ["augment=light", "data.augment.crop=0.5"],
+        r"data.augment=\{'crop': 0.5\} must be dict\[str, dict\[str, Any\]\] or None",
+    ),
     (
         "pretrain",
         ["data.mean={_target_:os.system,command:ls}"],
@@ -122,9 +134,13 @@ def test_the_shipped_configs_are_valid():
         ["task=supervised", "backbone=cnn", "optimizer=nesterov"],
         ["data=folder", "data.root=/x"],
         ["task=contrastive", "backbone=vit"],
+        ["augment=strong", "backbone=resnet50"],
+        ["augment=light", "backbone=vit_small"],
     ):
         validate_config(make_config("pretrain", overrides), "pretrain")
-    validate_config(make_config("finetune", ["encoder=e.safetensors", "backbone=resnet18"]), "finetune")
+    validate_config(
+        make_config("finetune", ["encoder=e.safetensors", "backbone=resnet18", "augment=strong"]), "finetune"
+    )
     validate_config(make_config("finetune", ["trainer=ddp", "experiment=fashion_transfer"]), "finetune")
     # A from-scratch run reuses nothing, so a schedule past its last epoch does not concern it.
     validate_config(make_config("finetune", ["trainer.max_epochs=2"]), "finetune")
@@ -390,6 +406,7 @@ TYPOS = [
         "'siamese', 'supervised']",
     ),
     (pretrain_main, ["task=autoencodr"], "task=autoencodr is not an option of task (did you mean 'autoencoder'?)"),
+    (finetune_main, ["augment=strnog"], "augment=strnog is not an option of augment (did you mean 'strong'?)"),
     (
         finetune_main,
         ["schedule.unfreez_epoch=1", "optimizer.lr=-1"],  # every mistake in the one message

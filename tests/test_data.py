@@ -7,12 +7,12 @@ import math
 import pytest
 import torch
 
+from pretrain.augment import Augment
 from pretrain.data import (
     DataError,
     EpochPermutation,
     ImageDataModule,
     TensorBatches,
-    augment_batch,
     channel_stats,
     load_source,
     normalize,
@@ -176,12 +176,27 @@ def test_channel_stats_are_each_channels_mean_and_population_std():
 
 def test_augmentation_shifts_and_flips_per_image():
     torch.manual_seed(0)
-    x = torch.zeros(64, 1, 8, 8)
+    x = torch.zeros(64, 1, 8, 8, dtype=torch.uint8)
     x[:, :, 2, 1] = 255
-    out = augment_batch(x, hflip=True, max_shift=2)
+    out = Augment(hflip=True, max_shift=2)(x)
     positions = {tuple(torch.nonzero(img[0]).flatten().tolist()) for img in out}
     assert len(positions) > 5  # images moved independently
-    assert out.sum(dim=(1, 2, 3)).max() <= 255
+    assert out.dtype == torch.uint8 and out.sum(dim=(1, 2, 3), dtype=torch.int64).max() <= 255
+
+
+def test_training_batches_are_augmented_and_evaluation_batches_are_not():
+    dm = setup(augment={"crop": {"scale": [0.25, 0.5]}})
+    batch = dm.train_set.images[:16], dm.train_set.labels[:16]
+
+    class Stage:
+        training = True
+
+    dm.trainer = Stage()
+    trained, _ = dm.on_after_batch_transfer(batch, 0)
+    Stage.training = False
+    evaluated, _ = dm.on_after_batch_transfer(batch, 0)
+    torch.testing.assert_close(evaluated, dm.normalize(batch[0]))
+    assert (trained - evaluated).flatten(1).abs().amax(1).min() > 0.1  # every image cropped
 
 
 # --- bad files and values: one DataError that names the file or value --------------------------

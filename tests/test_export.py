@@ -10,6 +10,8 @@ import sys
 
 import pytest
 import torch
+from conftest import CONF
+from omegaconf import OmegaConf
 from safetensors import safe_open
 from safetensors.torch import load_file
 
@@ -51,6 +53,20 @@ def test_round_trip_is_bit_identical_in_a_fresh_process(tmp_path, arch, shape):
         f"y = torch.load(r'{tmp_path / 'y.pt'}'); sys.exit(0 if torch.equal(e(x), y) else 3)"
     )
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
+
+
+@pytest.mark.parametrize(
+    "backbone,shape,blocks",
+    [("resnet18", (3, 64, 64), 5), ("resnet50", (3, 64, 64), 5), ("vit_small", (3, 32, 32), 13)],
+)
+def test_real_resolution_backbones_round_trip(tmp_path, backbone, shape, blocks):
+    """The backbones for large images (torchvision's stem, ViT-S/16), at small sizes to stay fast."""
+    options = OmegaConf.to_container(OmegaConf.load(CONF / "backbone" / f"{backbone}.yaml"))
+    encoder = write(tmp_path / "e.safetensors", shape=shape, **options)
+    loaded = load_encoder(tmp_path / "e.safetensors").encoder
+    assert loaded.spec() == encoder.spec() and len(loaded) == blocks
+    x = torch.randn(2, *shape)
+    assert torch.equal(loaded(x), encoder(x))
 
 
 def test_file_is_plain_safetensors_with_json_metadata(tmp_path):

@@ -296,6 +296,41 @@ def test_descriptions_that_multiply_work_are_refused_at_the_cost_of_the_file(tmp
         refused(path, message)
 
 
+def stem_file(path: pathlib.Path) -> pathlib.Path:
+    """The stem of a ResNet at 64 px (torchvision's 7x7 stem: 6 tensors, 9,536 weights), alone."""
+    torch.manual_seed(0)
+    encoder = build_encoder("resnet18", (3, 64, 64), depth=1)
+    return save_encoder(path, encoder, mean=[0.5] * 3, std=[0.25] * 3, pretext={"task": "masked"}, data={"name": "d"})
+
+
+@pytest.mark.parametrize(
+    "changes,message",
+    [
+        ({"arch": "resnet50", "depth": 5}, r"tensors do not match a resnet50 encoder: missing \['blocks.layer1.0.bn1"),
+        ({"arch": "resnet50", "depth": 7}, "'depth' must be a block count from 1 to 6, found 7"),
+        ({"options__stem": "small"}, r"blocks.stem.0.weight is torch.float32 \(64, 3, 7, 7\), but .* \(64, 3, 3, 3\)"),
+        ({"options__stem": "huge"}, r"option stem='huge' of resnet18 must be one of \['auto', 'small', 'standard'\]"),
+        (
+            {"input_shape": [3, 32, 32]},
+            r"blocks.stem.0.weight is torch.float32 \(64, 3, 7, 7\), but .* \(64, 3, 3, 3\)",
+        ),
+    ],
+)
+def test_a_resnet_file_is_judged_by_the_weights_it_holds(tmp_path, changes, message):
+    """A file that claims a ResNet-50 (24M weights) and holds a stem is refused on the meta device,
+    without building one; so is a stem of the other kind than the file holds."""
+    path = mutate(stem_file(tmp_path / "stem.safetensors"), **changes)
+    with bounded():
+        refused(path, message)
+
+
+def test_a_resnet50_stem_is_a_resnet18_stem(tmp_path):
+    """The stems are alike: a file of the lower block loads as either."""
+    encoder = load_encoder(mutate(stem_file(tmp_path / "stem.safetensors"), arch="resnet50")).encoder
+    assert encoder.arch == "resnet50" and encoder.block_names == ["stem"]
+    assert encoder(torch.zeros(2, 3, 64, 64)).shape == (2, 64, 16, 16)
+
+
 @pytest.mark.parametrize("depth,layers", [(1, 600), (2, 9000)])
 def test_blocks_above_the_depth_of_a_file_are_never_built(tmp_path, depth, layers):
     """A truncated encoder's file names the layer count of its whole stack; only the blocks the file

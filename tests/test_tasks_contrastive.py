@@ -86,16 +86,19 @@ def test_a_crop_resamples_its_part_of_the_image_mirrored_or_not():
 def test_jitter_changes_brightness_and_contrast_of_the_pixels():
     pixels = 0.4 + 0.2 * torch.rand(32, 1, 8, 8, generator=torch.Generator().manual_seed(0))
     x = (pixels - 0.5) / 0.25
-    contrast = Views((0.5,), (0.25,), brightness=0, contrast=0.5, jitter_p=1).jitter(x) * 0.25 + 0.5
+    whole = {"crop_scale": (1, 1), "crop_ratio": (1, 1), "hflip": False}  # the crop leaves the image as it is
+
+    def jittered(**jitter) -> torch.Tensor:
+        return Views((0.5,), (0.25,), **whole, **jitter)(x) * 0.25 + 0.5
+
+    contrast = jittered(brightness=0, contrast=0.5, jitter_p=1)
     torch.testing.assert_close(contrast.mean(dim=(1, 2, 3)), pixels.mean(dim=(1, 2, 3)))  # about the mean
     ratio = contrast.std(dim=(1, 2, 3)) / pixels.std(dim=(1, 2, 3))
     assert ((ratio >= 0.5 - 1e-5) & (ratio <= 1.5 + 1e-5)).all() and ratio.std() > 0.1
-    bright = Views((0.5,), (0.25,), brightness=0.4, contrast=0, jitter_p=1).jitter(x) * 0.25 + 0.5
-    factor = (bright / pixels).flatten(1)
+    factor = (jittered(brightness=0.4, contrast=0, jitter_p=1) / pixels).flatten(1)
     torch.testing.assert_close(factor.amin(1), factor.amax(1))  # one factor per image
     assert ((factor >= 0.6 - 1e-5) & (factor <= 1.4 + 1e-5)).all() and factor[:, 0].std() > 0.1
-    none = Views((0.5,), (0.25,), brightness=0.4, contrast=0.4, jitter_p=0).jitter(x)
-    torch.testing.assert_close(none, x)
+    torch.testing.assert_close(jittered(brightness=0.4, contrast=0.4, jitter_p=0), pixels)
 
 
 def test_bad_values_are_refused_when_built():

@@ -9,12 +9,12 @@ cosine similarity / ``temperature``. The exported file holds the encoder alone; 
 head is dropped, as in SimCLR, whose features before the head transfer better.
 
 Views (``Views``) are made on the training device from the normalized batch, each image drawn
-on its own: a random resized crop (area fraction in ``crop_scale``, aspect ratio in ``crop_ratio``,
-as torchvision's RandomResizedCrop, with sides that would leave the image cut to it instead of
-drawn again) and a horizontal flip, together one bilinear resampling of the whole batch; then,
-with probability ``jitter_p``, brightness and contrast jitter of the 0..1 pixels (factors in
-``1 +- brightness`` and ``1 +- contrast``, contrast about the image's mean, as torchvision's
-ColorJitter for grayscale). Training draws from the global torch generator of the device, inside
+on its own by the transforms of ``augment=`` (``pretrain.augment``, one implementation): a random
+resized crop (area fraction in ``crop_scale``, aspect ratio in ``crop_ratio``) and a horizontal
+flip, together one bilinear resampling of the whole batch; then, with probability ``jitter_p``,
+brightness and contrast jitter of the 0..1 pixels (factors in ``1 +- brightness`` and
+``1 +- contrast``). ``augment=`` itself (data.augment, data.hflip, data.max_shift) applies to
+the batch before, once per image, if set. Training draws from the global torch generator of the device, inside
 the training step, which the RandomState callback saves in every checkpoint, so a resumed run
 draws the same views; validation draws from a generator seeded by the batch index, so its
 losses compare from epoch to epoch and it takes nothing from the training stream.
@@ -34,6 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from pretrain.augment import Augment
 from pretrain.data import DataInfo
 from pretrain.encoders import Encoder, GlobalPool, feature_dim
 from pretrain.tasks.base import OptimizerFactory, PretextTask
@@ -59,7 +60,8 @@ def nt_xent(a: Tensor, b: Tensor, temperature: float) -> tuple[Tensor, Tensor]:
 
 
 class Views(nn.Module):
-    """Random views of normalized image batches, drawn per image (see the module's docstring)."""
+    """Random views of normalized image batches, drawn per image by ``pretrain.augment.Augment``
+    (a random resized crop, a flip, brightness and contrast jitter) on the 0..1 pixels."""
 
     def __init__(
         self,
@@ -77,50 +79,12 @@ class Views(nn.Module):
         # and not in the state dict: they come from the data, not from training.
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
-        self.crop_scale, self.log_ratio = tuple(crop_scale), tuple(math.log(r) for r in crop_ratio)
-        self.hflip, self.brightness, self.contrast, self.jitter_p = hflip, brightness, contrast, jitter_p
+        crop = {"scale": list(crop_scale), "ratio": list(crop_ratio)}
+        jitter = {"p": jitter_p, "brightness": brightness, "contrast": contrast, "saturation": 0.0, "hue": 0.0}
+        self.augment = Augment({"crop": crop, "jitter": jitter}, hflip=hflip)
 
     def forward(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
-        x = self.crop_and_flip(x, generator)
-        if self.jitter_p and (self.brightness or self.contrast):
-            x = self.jitter(x, generator)
-        return x
-
-    def _uniform(self, n: int, low: float, high: float, like: Tensor, generator: torch.Generator | None) -> Tensor:
-        return low + (high - low) * torch.rand(n, device=like.device, dtype=like.dtype, generator=generator)
-
-    def crop_and_flip(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
-        """Each image's random resized crop, mirrored at random, resampled to the image's size."""
-        n, _, height, width = x.shape
-        area = self._uniform(n, *self.crop_scale, x, generator)
-        ratio = self._uniform(n, *self.log_ratio, x, generator).exp()  # width / height of the crop
-        # Crop sides as fractions of the image's; a side that would not fit is the image's whole side.
-        crop_w = (area * ratio * height / width).sqrt().clamp(max=1)
-        crop_h = (area / ratio * width / height).sqrt().clamp(max=1)
-        # Centres in grid_sample's coordinates (-1..1 spans the image), so that the crop lies inside it.
-        centre_x = (1 - crop_w) * self._uniform(n, -1, 1, x, generator)
-        centre_y = (1 - crop_h) * self._uniform(n, -1, 1, x, generator)
-        mirror = torch.ones_like(crop_w)
-        if self.hflip:
-            mirror = torch.where(torch.rand(n, device=x.device, generator=generator) < 0.5, -mirror, mirror)
-        theta = torch.zeros(n, 2, 3, device=x.device, dtype=x.dtype)
-        theta[:, 0, 0], theta[:, 0, 2] = crop_w * mirror, centre_x
-        theta[:, 1, 1], theta[:, 1, 2] = crop_h, centre_y
-        grid = F.affine_grid(theta, list(x.shape), align_corners=False)
-        return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
-
-    def jitter(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
-        """Brightness, then contrast, of the 0..1 pixels, for a random ``jitter_p`` of the images."""
-        n = x.shape[0]
-        pixels = x * self.std + self.mean
-        jittered = torch.rand(n, device=x.device, generator=generator) < self.jitter_p
-        one = torch.ones(n, device=x.device, dtype=x.dtype)
-        bright = torch.where(jittered, self._uniform(n, 1 - self.brightness, 1 + self.brightness, x, generator), one)
-        contrast = torch.where(jittered, self._uniform(n, 1 - self.contrast, 1 + self.contrast, x, generator), one)
-        pixels = (pixels * bright.view(-1, 1, 1, 1)).clamp(0, 1)
-        grey = pixels.mean(dim=(1, 2, 3), keepdim=True)
-        pixels = ((pixels - grey) * contrast.view(-1, 1, 1, 1) + grey).clamp(0, 1)
-        return (pixels - self.mean) / self.std
+        return (self.augment(x * self.std + self.mean, generator) - self.mean) / self.std
 
 
 class Contrastive(PretextTask):
