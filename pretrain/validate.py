@@ -169,7 +169,10 @@ def _required_groups(reference: dict[str, Any]) -> list[str]:
         for entry in reference.get("defaults", [])
         if isinstance(entry, dict)
         for group, option in entry.items()
-        if option is not None and " " not in group and not group.startswith(("hydra", "/hydra"))
+        if option is not None
+        and " " not in group
+        and not group.startswith(("hydra", "/hydra"))
+        and not (CONF / group / f"{option}.yaml").read_text().startswith("# @package")  # writes into another key
     ]
 
 
