@@ -1,5 +1,6 @@
-"""``python -m finetune encoder=PATH``: fine-tune an exported encoder (or ``encoder=none``,
-the same backbone from random weights) on a small labeled set and test it."""
+"""``python -m finetune encoder=PATH``: evaluate an exported encoder (or ``encoder=none``, the same
+backbone with random weights) on a small labeled set, and test it: fine-tuned (``eval=finetune``), as
+frozen features under a linear head (``eval=probe``) or by k nearest neighbours (``eval=knn``)."""
 
 from __future__ import annotations
 
@@ -11,9 +12,11 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from finetune.classifier import Classifier
+from finetune.knn import KNNClassifier
 from finetune.schedule import FreezeSchedule
 from pretrain.cli import command
-from pretrain.encoders import build_encoder
+from pretrain.data import DataInfo
+from pretrain.encoders import Encoder, build_encoder
 from pretrain.export import EncoderFile, load_encoder
 from pretrain.files import sha256, write_json
 from pretrain.resume import check_resumable, checkpoint_to_resume
@@ -29,7 +32,7 @@ def _pretrained(cfg: DictConfig) -> EncoderFile | None:
 
 
 def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
-    """Fine-tune as ``cfg`` says and write ``results.json`` (test accuracy and loss) to ``run_dir``."""
+    """Evaluate as ``cfg`` says and write ``results.json`` (test accuracy, and loss) to ``run_dir``."""
     validate_config(cfg, "finetune")
     checkpoint = checkpoint_to_resume(cfg.resume, run_dir)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
@@ -47,30 +50,32 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         encoder = pretrained.encoder.train()
     reuse = check_reuse(cfg, encoder)
     encoder = encoder.truncated(reuse)
-    schedule = cfg.schedule
-    model = Classifier(
-        encoder,
-        instantiate(cfg.optimizer),
-        info,
-        encoder_lr_factor=schedule.encoder_lr_factor if pretrained else 1.0,
-        dropout=cfg.head.dropout,
-        pool=cfg.head.pool,
-        lr_schedule=instantiate(cfg.lr_schedule),
-    )
-    if checkpoint is not None:
-        check_resumable(checkpoint, model)
-    callbacks = [FreezeSchedule(schedule.unfreeze_epoch, schedule.unfreeze_top)] if pretrained else []
-    trainer = build_trainer(cfg.trainer, run_dir, callbacks, faults=instantiate(cfg.faults))
-    trainer.fit(model, datamodule=datamodule, ckpt_path=checkpoint)
+    faults = instantiate(cfg.faults)
+    if cfg.eval == "knn":  # nothing to train: the test alone
+        model = KNNClassifier(encoder, info.num_classes, cfg.knn.k, cfg.knn.temperature)
+        trainer = build_trainer(cfg.trainer, run_dir, faults=faults)
+    else:
+        model, callbacks = _classifier(cfg, encoder, info, pretrained is not None)
+        if checkpoint is not None:
+            check_resumable(checkpoint, model)
+        trainer = build_trainer(cfg.trainer, run_dir, callbacks, faults=faults)
+        trainer.fit(model, datamodule=datamodule, ckpt_path=checkpoint)
     test = trainer.test(model, datamodule=datamodule, verbose=False)[0]
+    per_class = info.num_train / info.num_classes
     results = {
         "kind": "finetune",
+        "eval": cfg.eval,
         "seed": cfg.seed,
         "test_acc": float(test["test/acc"]),
-        "test_loss": float(test["test/loss"]),
+        **({"test_loss": float(test["test/loss"])} if "test/loss" in test else {}),
         "label_budget": info.num_train,
+        "num_classes": info.num_classes,
+        "labels_per_class": int(per_class) if per_class.is_integer() else per_class,  # the mean, if not even
         "num_test": len(datamodule.test_set.labels),
         "data": {"name": info.name, "classes": list(info.classes)},
+        # encoder=none is random weights: trained from scratch by eval=finetune, kept as they are by probe and knn.
+        "encoder_weights": "random" if pretrained is None else "pretrained",
+        "encoder_trained": _encoder_trains(cfg, pretrained is not None),
         "encoder_file": None if pretrained is None else str(Path(cfg.encoder).resolve()),
         # The report tells encoders apart by content, and matches a transfer run to the
         # from-scratch runs of the same architecture.
@@ -82,15 +87,38 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     }
     if trainer.is_global_zero:
         write_json(run_dir / "results.json", results)
-        source = (
-            "from scratch" if pretrained is None else f"from {printable(pretrained.pretext_task)} encoder {cfg.encoder}"
-        )
+        if pretrained is None:
+            source = "from scratch" if cfg.eval == "finetune" else "random weights"
+        else:
+            source = f"from {printable(pretrained.pretext_task)} encoder {cfg.encoder}"
         print(
             f"test accuracy {results['test_acc']:.4f} on {results['num_test']} test images ({source}, "
-            f"{info.num_train} labeled images); "
-            f"results in {run_dir / 'results.json'}"
+            f"eval={cfg.eval}, {info.num_train} labeled images); results in {run_dir / 'results.json'}"
         )
     return results
+
+
+def _encoder_trains(cfg: DictConfig, pretrained: bool) -> bool:
+    """Whether the encoder's weights change: fine-tuning from scratch, or unfreezing a reused one."""
+    return cfg.eval == "finetune" and (not pretrained or cfg.schedule.unfreeze_epoch is not None)
+
+
+def _classifier(cfg: DictConfig, encoder: Encoder, info: DataInfo, pretrained: bool) -> tuple[Classifier, list]:
+    """The classifier of ``eval=finetune`` or ``eval=probe`` and its freezing schedule: a reused encoder
+    is frozen first, then unfrozen as ``cfg.schedule`` says; a probe's encoder, random or not, stays frozen."""
+    schedule = cfg.schedule
+    model = Classifier(
+        encoder,
+        instantiate(cfg.optimizer),
+        info,
+        encoder_lr_factor=schedule.encoder_lr_factor if pretrained else 1.0,
+        dropout=cfg.head.dropout,
+        pool=cfg.head.pool,
+        lr_schedule=instantiate(cfg.lr_schedule),
+    )
+    if cfg.eval == "probe":
+        return model, [FreezeSchedule(None)]
+    return model, [FreezeSchedule(schedule.unfreeze_epoch, schedule.unfreeze_top)] if pretrained else []
 
 
 main = command("finetune", run)

@@ -6,7 +6,9 @@ number of runs, mean, standard deviation and 95% confidence interval of the mean
 t); and for every pretrained configuration, the paired difference to the from-scratch
 runs with the same settings and architecture, seed by seed, with its 95% interval and a
 paired t-test's p-value. Writes ``report.md``, ``report.csv`` (one row per configuration),
-``runs.csv`` (one row per run) and ``report.png`` (every seed a point).
+``runs.csv`` (one row per run) and ``report.png`` (every seed a point). Runs over several label
+budgets or evaluation modes (``experiment=protocol``) are laid out as the evaluation protocol's
+curves instead (``finetune.protocol_report``).
 
 What makes two runs the same configuration: their resolved configs, less
 
@@ -28,7 +30,7 @@ import math
 import sys
 import warnings
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -55,7 +57,7 @@ ENCODER_KEYS = ("encoder", "backbone", "reuse_blocks")
 """Replaced by the results' ``encoder_sha256`` and ``architecture``."""
 
 REQUIRED = ("kind", "seed", "config", "architecture", "encoder_sha256")
-NOT_METRICS = ("seed", "label_budget", "reused_blocks")
+NOT_METRICS = ("seed", "label_budget", "labels_per_class", "num_classes", "reused_blocks")
 """Numbers in a results file that describe the run, not its result."""
 CONFIDENCE = 0.95
 
@@ -76,6 +78,8 @@ class Run:
     pretrained: bool
     pretext_task: str | None
     encoder_file: str | None
+    eval: str = "finetune"  # how the encoder was evaluated (results from before eval modes: fine-tuned)
+    labels_per_class: float | None = None
 
     @property
     def settings(self) -> dict[str, str]:
@@ -161,6 +165,9 @@ def read_runs(files: Sequence[Path], metric: str, ignore: Sequence[str] = ()) ->
             known, value = True, results[metric]
             if not _is_number(value) or not math.isfinite(value):
                 raise ValueError(f"{metric} is {value!r}, not a finite number")
+            per_class = results.get("labels_per_class")
+            if per_class is not None and not (_is_number(per_class) and 0 < per_class < math.inf):
+                raise ValueError(f"labels_per_class is {per_class!r}, not a positive number")
             runs.append(
                 Run(
                     path=path,
@@ -170,6 +177,8 @@ def read_runs(files: Sequence[Path], metric: str, ignore: Sequence[str] = ()) ->
                     pretrained=results["encoder_sha256"] is not None,
                     pretext_task=results.get("pretext_task"),
                     encoder_file=results.get("encoder_file"),
+                    eval=str(results.get("eval", "finetune")),
+                    labels_per_class=per_class,
                 )
             )
         except (OSError, ValueError, TypeError, KeyError, AttributeError) as err:  # JSONDecodeError is a ValueError
@@ -279,8 +288,13 @@ def _encoder_names(configs: list[Configuration]) -> dict[int, str]:
     return names
 
 
+def baseline_name(eval_mode: str) -> str:
+    """What encoder=none is under an evaluation mode: trained from scratch, or random weights left as they are."""
+    return "scratch" if eval_mode == "finetune" else "random weights"
+
+
 def _labels(configs: list[Configuration]) -> None:
-    """Short distinct names: the encoder's (or "scratch"), then every setting that is not the
+    """Short distinct names: the encoder's (or the baseline's), then every setting that is not the
     same in all configurations (a key a configuration lacks counts as a value)."""
     names = _encoder_names(configs)
     keys = {k for c in configs for k, _ in c.key}
@@ -293,7 +307,7 @@ def _labels(configs: list[Configuration]) -> None:
     for c in configs:
         own = dict(c.key)
         extra = [f"{k.removeprefix('model.')}={_shown(own[k])}" for k in varying if k in own]
-        c.label = ", ".join([names.get(id(c), "scratch"), *extra])
+        c.label = ", ".join([names.get(id(c)) or baseline_name(c.runs[0].eval), *extra])
     seen: dict[str, int] = defaultdict(int)
     for c in configs:  # keys that differ only in ways the label cannot show
         seen[c.label] += 1
@@ -431,6 +445,12 @@ def markdown(report: Report) -> str:
             lines.append(
                 f"| {markdown_text(c.label)} | " + " | ".join(_fmt(per_seed.get(s), m, True) for s in seeds) + " |"
             )
+    return "\n".join([*lines, *notes(report)]) + "\n"
+
+
+def notes(report: Report) -> list[str]:
+    """The markdown lines of the report's warnings and of the results it could not include."""
+    lines = []
     if report.warnings:
         lines += ["", "Warnings:", "", *(f"- {markdown_text(w)}" for w in report.warnings)]
     if report.problems:
@@ -440,7 +460,7 @@ def markdown(report: Report) -> str:
             "",
             *(f"- {markdown_text(p)}" for p in report.problems),
         ]
-    return "\n".join(lines) + "\n"
+    return lines
 
 
 def _csv(rows: list[dict[str, Any]]) -> str:
@@ -461,6 +481,8 @@ def configurations_csv(report: Report) -> str:
                 "pretrained": c.pretrained,
                 "pretext_task": c.runs[0].pretext_task or "",
                 "encoder_file": c.runs[0].encoder_file or "",
+                "eval": c.runs[0].eval,
+                "labels_per_class": "" if c.runs[0].labels_per_class is None else c.runs[0].labels_per_class,
                 "metric": report.metric,
                 "runs": len(c.runs),
                 "seeds": s.n,
@@ -523,15 +545,25 @@ def plot(report: Report, path: Path) -> None:
     plt.close(fig)
 
 
+def view(report: Report) -> tuple[Callable[[Report], str], Callable[[Report, Path], None]]:
+    """The tables and the figure for these runs: the evaluation protocol's where they form one, else these."""
+    from finetune import protocol_report  # imported here: it builds on this module
+
+    if protocol_report.is_protocol(report):
+        return protocol_report.markdown, protocol_report.plot
+    return markdown, plot
+
+
 def write_report(report: Report, out_dir: Path) -> dict[str, Path]:
     out_dir = Path(out_dir)
+    tables, figure = view(report)
     written = {
-        "markdown": write_text(out_dir / "report.md", markdown(report)),
+        "markdown": write_text(out_dir / "report.md", tables(report)),
         "csv": write_text(out_dir / "report.csv", configurations_csv(report)),
         "runs": write_text(out_dir / "runs.csv", runs_csv(report)),
         "plot": out_dir / "report.png",
     }
-    plot(report, written["plot"])
+    figure(report, written["plot"])
     return written
 
 
@@ -570,8 +602,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     first = Path(args.paths[0])
     out = args.out or (first if first.is_dir() else first.parent)
-    text = markdown(report)
-    print(text, end="")
+    print(view(report)[0](report), end="")
     written = write_report(report, out)
     if report.skipped:
         print(f"({report.skipped} pretraining result(s) skipped)")

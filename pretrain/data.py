@@ -605,6 +605,8 @@ def value_problems(
     pairs_per_image: int = 1,
     min_batches_per_epoch: int | None = None,
     augment: dict[str, dict[str, Any]] | None = None,
+    label_budget: int | None = None,
+    labels_per_class: int | None = None,
 ) -> list[str]:
     """What is wrong with the values of these ``ImageDataModule`` arguments (of the right types),
     one line each: checked at construction, and with the rest of the config by ``validate_config``."""
@@ -624,6 +626,11 @@ def value_problems(
         problems.append(f"data.pairs_per_image={pairs_per_image} must be at least 1, e.g. data.pairs_per_image=1")
     if min_batches_per_epoch is not None and min_batches_per_epoch < 1:
         problems.append(f"data.min_batches_per_epoch={min_batches_per_epoch} must be at least 1, or null: one pass")
+    if label_budget is not None and labels_per_class is not None:
+        problems.append(
+            f"data.label_budget={label_budget} and data.labels_per_class={labels_per_class} both say how many labeled "
+            f"images to train on: keep one, e.g. data.label_budget=null data.labels_per_class={labels_per_class}"
+        )
     return problems + augment_problems(augment)
 
 
@@ -635,7 +642,8 @@ class ImageDataModule(L.LightningDataModule):
     (a count, or a fraction of the pool), stratified; with ``split_by="class"``, all images
     of ``val_size`` whole classes (a count, or a fraction of the classes), so that
     validation uses classes (people) never seen in training. The training set is the rest,
-    or exactly ``label_budget`` images of it, stratified. All draws depend on ``seed`` only.
+    or exactly ``label_budget`` images of it, stratified (or ``labels_per_class`` images of
+    every class). All draws depend on ``seed`` only.
     The test set is the official test split of the chosen classes (``test_split="official"``)
     or, for data sets without one, the images the label budget leaves over (``"rest"``).
 
@@ -651,6 +659,7 @@ class ImageDataModule(L.LightningDataModule):
         classes: Sequence[int | str] | None = None,
         exclude_classes: Sequence[int | str] | None = None,
         label_budget: int | None = None,
+        labels_per_class: int | None = None,
         val_size: float = 0,
         batch_size: int = 128,
         eval_batch_size: int = 1024,
@@ -678,7 +687,16 @@ class ImageDataModule(L.LightningDataModule):
             if value not in allowed:
                 raise DataError(f"data.{option} must be one of {allowed}, not {value!r}")
         if problems := value_problems(
-            image_size, mean, std, val_size, max_shift, pairs_per_image, min_batches_per_epoch, augment
+            image_size,
+            mean,
+            std,
+            val_size,
+            max_shift,
+            pairs_per_image,
+            min_batches_per_epoch,
+            augment,
+            label_budget,
+            labels_per_class,
         ):
             raise DataError("; ".join(problems))
         self.split_by, self.test_split = split_by, test_split
@@ -686,7 +704,7 @@ class ImageDataModule(L.LightningDataModule):
         self.min_batches_per_epoch = min_batches_per_epoch
         self.name, self.root, self.download = name, root, download
         self.classes, self.exclude_classes = classes, exclude_classes
-        self.label_budget, self.val_size = label_budget, val_size
+        self.label_budget, self.labels_per_class, self.val_size = label_budget, labels_per_class, val_size
         self.batch_size, self.eval_batch_size, self.seed = batch_size, eval_batch_size, seed
         self.mean, self.std = mean, std
         self.max_shift = max_shift
@@ -725,9 +743,20 @@ class ImageDataModule(L.LightningDataModule):
                 val = stratified_indices(train.labels, n_val, generator)
         pool = pool[~torch.isin(pool, val)]
         rest = pool[:0]
-        if self.label_budget is not None:
-            with _naming("data.label_budget", self.label_budget):
-                chosen = pool[stratified_indices(train.labels[pool], self.label_budget, generator)]
+        asked, budget = ("data.label_budget", self.label_budget), self.label_budget
+        if self.labels_per_class is not None:  # a stratified draw of that many times the classes: that many of each
+            asked = ("data.labels_per_class", self.labels_per_class)
+            present, counts = train.labels[pool].unique(return_counts=True)
+            if self.labels_per_class > counts.min():
+                fewest = present[counts.argmin()]
+                raise DataError(
+                    f"data.labels_per_class={self.labels_per_class}: class {train.classes[fewest]!r} has only "
+                    f"{counts.min()} training images: use at most {counts.min()}"
+                )
+            budget = self.labels_per_class * len(present)
+        if budget is not None:
+            with _naming(*asked):
+                chosen = pool[stratified_indices(train.labels[pool], budget, generator)]
             rest, pool = pool[~torch.isin(pool, chosen)], chosen
         measured = train.images
         if self.test_split == "rest":

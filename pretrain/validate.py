@@ -94,6 +94,7 @@ RULES: list[tuple[str, Callable[[Any], bool], str]] = [
     ("data.batch_size", _at_least_one, "must be at least 1, e.g. data.batch_size=64"),
     ("data.eval_batch_size", _at_least_one, "must be at least 1, e.g. data.eval_batch_size=1024"),
     ("data.label_budget", _at_least_one, "must be at least 1 (one image per class at the very least), or null: all"),
+    ("data.labels_per_class", _at_least_one, "must be at least 1, or null: data.label_budget decides"),
     ("trainer.max_epochs", _at_least_one, "must be at least 1, e.g. trainer.max_epochs=10"),
     ("faults.checkpoint_every_n_steps", _at_least_one, "must be at least 1, or null: at epoch ends only"),
     ("faults.check_finite_every_n_steps", _at_least_one, "must be at least 1"),
@@ -110,7 +111,14 @@ RULES: list[tuple[str, Callable[[Any], bool], str]] = [
         "must be positive (to keep blocks fixed, set schedule.unfreeze_epoch=null)",
     ),
     ("head.dropout", lambda v: 0 <= v < 1, "must be in [0, 1)"),
+    ("knn.k", _at_least_one, "must be at least 1, e.g. knn.k=20"),
+    ("knn.temperature", _positive, "must be positive, e.g. knn.temperature=0.07"),
 ]
+
+CHOICES: dict[str, tuple[str, ...]] = {
+    "eval": ("finetune", "probe", "knn"),
+}
+"""Values outside any ``_target_`` node that are one of a few words."""
 
 
 def validate_config(cfg: DictConfig, name: str) -> None:
@@ -286,9 +294,15 @@ def _check_rules(plain: dict[str, Any], problems: list[str]) -> None:
         value = _select(plain, path)
         if fits(value, float) and not rule(value):
             problems.append(f"{path}={value} {hint}")
+    for path, choices in CHOICES.items():
+        value = _select(plain, path)
+        if value is not _MISSING and value not in choices:
+            problems.append(f"{path}={value!r} must be one of {', '.join(choices)}")
     epochs, unfreeze = _select(plain, "trainer.max_epochs"), _select(plain, "schedule.unfreeze_epoch")
     from_scratch = str(plain.get("encoder")).lower() == "none"  # nothing reused, so no schedule
-    if not from_scratch and isinstance(epochs, int) and isinstance(unfreeze, int) and unfreeze >= epochs >= 1:
+    scheduled = plain.get("eval", "finetune") == "finetune"  # a probe never unfreezes; k-NN does not train
+    unfreezes = scheduled and not from_scratch and isinstance(unfreeze, int)
+    if unfreezes and isinstance(epochs, int) and unfreeze >= epochs >= 1:
         problems.append(
             f"schedule.unfreeze_epoch={unfreeze} is not before the last epoch (trainer.max_epochs={epochs} trains "
             f"epochs 0..{epochs - 1}), so the reused blocks would never be unfrozen: use 0..{epochs - 1}, or null to "

@@ -51,9 +51,12 @@ LEAVES = {
         "schedule.encoder_lr_factor",
         "head.dropout",
         "data.label_budget",
+        "data.labels_per_class",
         "optimizer.lr",
         "backbone.widths",
         "trainer.max_epochs",
+        "eval",
+        "knn.k",
     ],
 }
 

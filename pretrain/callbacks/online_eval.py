@@ -43,16 +43,18 @@ def knn_predict(
     return torch.cat(predictions)
 
 
+def embed(encoder: nn.Module, x: Tensor) -> Tensor:
+    """The L2-normalized ``GlobalPool`` features of a batch of encoder inputs: what k-NN compares."""
+    return F.normalize(GlobalPool()(encoder(x)).float(), dim=1)
+
+
 def pooled_features(
     encoder: nn.Module, images: Tensor, prepare: Callable[[Tensor], Tensor], batch_size: int, device: torch.device
 ) -> Tensor:
-    """L2-normalized ``GlobalPool`` features of ``images``, ``batch_size`` at a time on ``device``
+    """``embed`` of ``images``, ``batch_size`` at a time on ``device``, without gradients
     (``prepare`` turns a batch of stored images into the encoder's input there)."""
-    pool = GlobalPool()
     with torch.no_grad():
-        return torch.cat(
-            [F.normalize(pool(encoder(prepare(x.to(device)))).float(), dim=1) for x in images.split(batch_size)]
-        )
+        return torch.cat([embed(encoder, prepare(x.to(device))) for x in images.split(batch_size)])
 
 
 def probe_predict(
