@@ -52,7 +52,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     encoder = encoder.truncated(reuse)
     faults = instantiate(cfg.faults)
     if cfg.eval == "knn":  # nothing to train: the test alone
-        model = KNNClassifier(encoder, info.num_classes, cfg.knn.k, cfg.knn.temperature)
+        model = KNNClassifier(encoder, info.num_classes, cfg.knn.k, cfg.knn.temperature, cfg.knn.pool)
         trainer = build_trainer(cfg.trainer, run_dir, faults=faults)
     else:
         model, callbacks = _classifier(cfg, encoder, info, pretrained is not None)

@@ -581,7 +581,8 @@ def make_report(
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m finetune.report",
-        description="Compare fine-tuning runs over seeds: mean, std, 95%% CI, paired differences against scratch.",
+        description="Compare fine-tuning runs over seeds: mean, std, 95% CI, paired differences against scratch "
+        "(and, for a sweep over label budgets or evaluation modes, the protocol's tables and curves).",
     )
     parser.add_argument("paths", nargs="+", help="results.json files, run folders or sweep folders")
     parser.add_argument("--out", type=Path, help="folder for report.md/.csv/.png (default: the first folder given)")

@@ -117,6 +117,8 @@ RULES: list[tuple[str, Callable[[Any], bool], str]] = [
 
 CHOICES: dict[str, tuple[str, ...]] = {
     "eval": ("finetune", "probe", "knn"),
+    "knn.pool": ("mean", "flatten"),
+    "head.pool": ("flatten", "mean"),
 }
 """Values outside any ``_target_`` node that are one of a few words."""
 

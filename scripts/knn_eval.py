@@ -39,6 +39,9 @@ def main() -> None:
     parser.add_argument("--encoder", type=Path, action="append", default=[], help="an encoder file (repeatable)")
     parser.add_argument("--k", type=int, default=20)
     parser.add_argument("--temperature", type=float, default=0.07)
+    parser.add_argument(
+        "--pool", choices=("mean", "flatten"), default="mean", help="average the output over positions, or keep it all"
+    )
     args = parser.parse_args()
     train, test = load_source(args.data)
     mean, std = channel_stats(train.images)
@@ -56,14 +59,20 @@ def main() -> None:
         start = time.perf_counter()
         bank, features = (
             pooled_features(
-                model.eval(), s.images, lambda x, m=mean_, d=std_: normalize(x, m, d), 1024, torch.device("cpu")
+                model.eval(),
+                s.images,
+                lambda x, m=mean_, d=std_: normalize(x, m, d),
+                1024,
+                torch.device("cpu"),
+                args.pool,
             )
             for s in (train, test)
         )
         predicted = knn_predict(features, bank, train.labels, len(train.classes), args.k, args.temperature)
         accuracy = (predicted == test.labels).float().mean().item()
         print(
-            f"{args.data} k-NN (k={args.k}, T={args.temperature}, {len(train.labels)} training images, "
+            f"{args.data} k-NN (k={args.k}, T={args.temperature}, {args.pool} features, "
+            f"{len(train.labels)} training images, "
             f"{len(test.labels)} test images), {name}: {100 * accuracy:.2f}% ({time.perf_counter() - start:.1f} s)",
             flush=True,
         )

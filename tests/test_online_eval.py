@@ -14,7 +14,7 @@ from lightning.pytorch.plugins.precision import Precision
 from synthetic import ADAM, snapshot, trainer
 
 import pretrain.callbacks.online_eval as online_eval
-from pretrain.callbacks.online_eval import OnlineEval, knn_predict, probe_predict
+from pretrain.callbacks.online_eval import OnlineEval, embed, knn_predict, probe_predict
 from pretrain.data import ImageDataModule
 from pretrain.encoders import build_encoder
 from pretrain.tasks.autoencoder import Autoencoder
@@ -54,6 +54,14 @@ def test_knn_in_chunks_gives_the_same_votes(monkeypatch):
     whole = knn_predict(queries, bank, bank_labels, 3, k=7)
     monkeypatch.setattr(online_eval, "SIMILARITIES_PER_CHUNK", 2 * len(bank))  # two query rows at a time
     assert torch.equal(knn_predict(queries, bank, bank_labels, 3, k=7), whole)
+
+
+def test_embed_pools_over_positions_or_keeps_the_whole_map():
+    maps = torch.randn(3, 4, 2, 2)
+    mean, flat = embed(torch.nn.Identity(), maps, "mean"), embed(torch.nn.Identity(), maps, "flatten")
+    assert mean.shape == (3, 4) and flat.shape == (3, 16)
+    torch.testing.assert_close(mean, F.normalize(maps.mean((2, 3)), dim=1))
+    torch.testing.assert_close(flat, F.normalize(maps.flatten(1), dim=1))
 
 
 def test_probe_separates_linearly_separable_classes_and_draws_no_random_numbers():

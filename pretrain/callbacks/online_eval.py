@@ -43,18 +43,25 @@ def knn_predict(
     return torch.cat(predictions)
 
 
-def embed(encoder: nn.Module, x: Tensor) -> Tensor:
-    """The L2-normalized ``GlobalPool`` features of a batch of encoder inputs: what k-NN compares."""
-    return F.normalize(GlobalPool()(encoder(x)).float(), dim=1)
+def embed(encoder: nn.Module, x: Tensor, pool: str = "mean") -> Tensor:
+    """The L2-normalized features of a batch of encoder inputs, what k-NN compares: the output
+    averaged over positions (``mean``, ``GlobalPool``) or all of it (``flatten``, as the head reads it)."""
+    y = encoder(x)
+    return F.normalize((y.flatten(1) if pool == "flatten" else GlobalPool()(y)).float(), dim=1)
 
 
 def pooled_features(
-    encoder: nn.Module, images: Tensor, prepare: Callable[[Tensor], Tensor], batch_size: int, device: torch.device
+    encoder: nn.Module,
+    images: Tensor,
+    prepare: Callable[[Tensor], Tensor],
+    batch_size: int,
+    device: torch.device,
+    pool: str = "mean",
 ) -> Tensor:
     """``embed`` of ``images``, ``batch_size`` at a time on ``device``, without gradients
     (``prepare`` turns a batch of stored images into the encoder's input there)."""
     with torch.no_grad():
-        return torch.cat([embed(encoder, prepare(x.to(device))) for x in images.split(batch_size)])
+        return torch.cat([embed(encoder, prepare(x.to(device)), pool) for x in images.split(batch_size)])
 
 
 def probe_predict(
