@@ -54,6 +54,8 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
             metrics=metrics,
         )
         write_json(run_dir / "results.json", results)
+        final = {k: v for k, v in sorted(metrics.items()) if k.startswith("val/") or k.endswith("loss_epoch")}
+        print(f"after {trainer.current_epoch} epochs: " + ", ".join(f"{k} {v:.4g}" for k, v in final.items()))
         print(f"encoder written to {run_dir / 'encoder.safetensors'}")
     return results
 

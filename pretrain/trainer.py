@@ -82,6 +82,15 @@ class NoProfiler(PassThroughProfiler):
         return self._NO_OP
 
 
+class ProgressBar(TQDMProgressBar):
+    """Lightning's bar without ``v_num``: the loggers' version is a fixed folder name here (``_csv``)."""
+
+    def get_metrics(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, int | str | float]:
+        metrics = super().get_metrics(trainer, pl_module)
+        metrics.pop("v_num", None)
+        return metrics
+
+
 def build_trainer(
     trainer_cfg: DictConfig, run_dir: Path, callbacks: Sequence[Callback] = (), faults: FaultTolerance | None = None
 ) -> L.Trainer:
@@ -111,11 +120,7 @@ def build_trainer(
                 *([ChannelsLast()] if channels_last else []),
                 # Refreshed as often as the logs are written: the values it shows change no more often,
                 # and a refresh per step costs a tenth of a small model's step (scripts/bench.py).
-                *(
-                    [TQDMProgressBar(refresh_rate=trainer_cfg.log_every_n_steps)]
-                    if trainer_cfg.enable_progress_bar
-                    else []
-                ),
+                *([ProgressBar(refresh_rate=trainer_cfg.log_every_n_steps)] if trainer_cfg.enable_progress_bar else []),
                 *callbacks,
             ],
         )

@@ -33,6 +33,7 @@ def test_command_line_on_digits_with_no_data_folder(tmp_path):
     assert pre.returncode == 0, pre.stderr[-3000:]
     encoder = tmp_path / "pre" / "encoder.safetensors"
     assert f"encoder written to {encoder}" in pre.stdout
+    assert "after 2 epochs: train/loss_epoch " in pre.stdout and ", val/loss " in pre.stdout  # the final metrics
     exported = subprocess.run(
         [sys.executable, "-m", "pretrain.export", tmp_path / "pre" / "checkpoints" / "last.ckpt", tmp_path / "x.st"],
         capture_output=True,

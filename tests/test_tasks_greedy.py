@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import lightning as L
 import pytest
 import torch
@@ -52,12 +54,16 @@ def test_while_stage_k_trains_the_blocks_below_are_bit_identical(arch, tmp_path)
     assert all(modes == [k >= stage for k in range(len(enc))] for stage, modes in watch.modes)
 
 
-def test_stages_split_max_epochs_when_not_given(tmp_path):
+def test_stages_split_max_epochs_when_not_given(tmp_path, caplog):
+    caplog.set_level(logging.INFO)
     task = Autoencoder(encoder("mlp"), ADAM, info(), greedy=True)
     watch = BlocksPerEpoch()
     x, y = images()
     trainer(tmp_path, callbacks=[watch], max_epochs=5).fit(task, train_dataloaders=loader(x, y))
     assert [stage for stage, _, _ in watch.epochs] == [0, 0, 1, 1, 1]  # the last stage takes the rest
+    said = [r.getMessage() for r in caplog.records if r.getMessage().startswith("greedy stage")]
+    expected = "greedy stage {} of 2: training block {} (dense{}), the blocks below frozen"
+    assert said == [expected.format(k + 1, k, k + 1) for k in (0, 1)]
 
 
 def test_too_few_epochs_for_the_stages_is_a_clear_error(tmp_path):

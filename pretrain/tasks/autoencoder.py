@@ -12,6 +12,7 @@ from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
+from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor, nn
 
 from pretrain.data import DataInfo
@@ -173,6 +174,11 @@ class Autoencoder(PretextTask):
     def on_train_epoch_start(self) -> None:
         if self.greedy:
             self.train(True)  # the stage may have moved on: put the newly frozen block in inference mode
+            if self.current_epoch == self.stage * self.epochs_per_stage:
+                rank_zero_info(
+                    f"greedy stage {self.stage + 1} of {len(self.encoder)}: training block {self.stage} "
+                    f"({self.encoder.block_names[self.stage]}), the blocks below frozen"
+                )
 
     def on_train_epoch_end(self) -> None:
         super().on_train_epoch_end()
