@@ -113,13 +113,14 @@ def open_prepared(root: str) -> Prepared:
     """The preparation at ``root``, checked: complete, its index whole, its shard files all there and of the
     size litdata's own index gives them; or a DataError that names the file and says what to do."""
     again = f"prepare it again: python -m pretrain.prepare SOURCE {printable(root)}"
-    cache = Path(tempfile.mkdtemp(prefix="pretext-index-"))
-    marker = _local(root, MARKER, cache) if "://" in root else Path(root) / MARKER
-    if "://" not in root and not Path(root).is_dir():
+    remote = "://" in root
+    cache = Path(tempfile.mkdtemp(prefix="pretext-index-")) if remote else Path(root)
+    marker = _local(root, MARKER, cache)
+    if not remote and not Path(root).is_dir():
         raise DataError(
             f"{printable(root)} does not exist: point data.root at a folder made by python -m pretrain.prepare"
         )
-    if "://" not in root and not marker.is_file():
+    if not remote and not marker.is_file():
         if (Path(root) / PARTIAL).is_file():
             raise DataError(f"{printable(root)} is a half-finished preparation (no {MARKER}): {again}")
         raise DataError(f"{printable(root)} is not a prepared collection (no {MARKER}): make one with {again[10:]}")
@@ -136,7 +137,7 @@ def open_prepared(root: str) -> Prepared:
                 index[split] = {k: npz[k] for k in ("labels", "heights", "widths", "good", "paths")}
         except (OSError, ValueError, KeyError) as err:
             raise DataError(f"{printable(path)} is damaged ({type(err).__name__}): {again}") from None
-        if "://" not in root:
+        if not remote:
             _check_shards(Path(root) / split, again)
     return Prepared(root, meta, index)
 

@@ -10,6 +10,7 @@ streamed batches then get the pipeline's own flips and normalization, the ImageF
 from __future__ import annotations
 
 import argparse
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -53,6 +54,23 @@ def stream_epoch(out: Path) -> tuple[float, int]:
     return time.perf_counter() - start, images
 
 
+def memory_epoch(src: Path) -> tuple[float, float, int]:
+    """The in-memory path on the same files (data=folder): seconds to decode them all, then one epoch as above."""
+    from pretrain.data import ImageDataModule, load_source
+
+    load_source.cache_clear()
+    start = time.perf_counter()
+    dm = ImageDataModule(name="folder", root=str(src), image_size=[SIDE, SIDE], grayscale=False, val_size=0)
+    dm.batch_size = BATCH
+    dm.setup("fit")
+    decoded = time.perf_counter() - start
+    start, images = time.perf_counter(), 0
+    for x, y in dm.train_dataloader():
+        x = dm.normalize(_flip(x.float()))
+        images += len(y)
+    return decoded, time.perf_counter() - start, images
+
+
 def _flip(x):
     from pretrain.data import augment_batch
 
@@ -90,7 +108,7 @@ def pretrain_argv(out: Path, run_dir: Path, *extra: str) -> list[str]:
         f"data.num_workers={WORKERS}",
         "backbone=cnn",
         "online_eval.every_n_epochs=null",
-        "trainer.limit_val_batches=0",
+        "data.val_size=0",
         "trainer.enable_progress_bar=false",
         f"hydra.run.dir={run_dir}",
         *extra,
@@ -116,7 +134,7 @@ def figures(args: argparse.Namespace, root: Path) -> list[Figure]:
     from pretrain.prepare import prepare
 
     sizes = [200, 400] if args.tiny else [int(n) for n in args.stream_sizes.split(",")]
-    rows: dict[str, list] = {k: [] for k in ("prep", "first", "rss", "stream", "folder", "ddp")}
+    rows: dict[str, list] = {k: [] for k in ("prep", "first", "rss", "stream", "folder", "memory", "decode", "ddp")}
     for n in sizes:
         src = make_collection(root / f"src{n}", n)
         out = root / f"out{n}"
@@ -124,13 +142,16 @@ def figures(args: argparse.Namespace, root: Path) -> list[Figure]:
         prepare(str(src), out, workers=WORKERS)
         rows["prep"].append(n / (time.perf_counter() - start))
         args.log(f"  N={n}: prepared at {rows['prep'][-1]:,.0f} img/s")
-        first = run_child(pretrain_argv(out, root / f"first{n}", "trainer.max_steps=1"), child_env())
+        first = run_child(pretrain_argv(out, root / f"first{n}", "+trainer.max_steps=1"), child_env())
         rows["first"].append(first["wall"])
         epoch = run_child(pretrain_argv(out, root / f"epoch{n}", "trainer.max_epochs=1"), child_env())
         rows["rss"].append(epoch["peak_rss_mb"])
         stream_epoch(out)  # warm the page cache for both readers alike
         rows["stream"].append([images / s for s, images in (stream_epoch(out) for _ in range(args.repeats))])
         rows["folder"].append([images / s for s, images in (imagefolder_epoch(src) for _ in range(args.repeats))])
+        decoded, seconds, images = memory_epoch(src)
+        rows["decode"].append(decoded)
+        rows["memory"].append(images / seconds)
         rows["ddp"].append(ddp_check(out, root / f"ddp{n}"))
         args.log(f"  N={n}: first step {rows['first'][-1]:.1f} s, peak {rows['rss'][-1]:.0f} MB, {rows['ddp'][-1]}")
     small, large = sizes
@@ -174,6 +195,18 @@ def figures(args: argparse.Namespace, root: Path) -> list[Figure]:
                 f"torchvision ImageFolder, {WORKERS} workers",
                 ("ratio", ">=", 1.0),
                 f"decode + resize {SIDE}px, flips, normalize; batch {BATCH}",
+            )
+            for i, n in enumerate(sizes)
+        ],
+        *[
+            Figure(
+                "6",
+                f"in-memory (data=folder) training epoch, N={n:,}",
+                "img/s",
+                [rows["memory"][i]],
+                [statistics.median(rows["stream"][i])],
+                "streamed",
+                note=f"after decoding all N once at start-up: {rows['decode'][i]:.1f} s",
             )
             for i, n in enumerate(sizes)
         ],
