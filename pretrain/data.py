@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import io
 import itertools
 import math
 import os
@@ -225,9 +226,9 @@ def _read_image_folder(folder: Path, image_size: Sequence[int] | None, grayscale
     return ImageSet(torch.stack(images), torch.tensor(labels, dtype=torch.long), tuple(index.classes))
 
 
-def _read_image(path: str | Path, mode: str) -> Tensor:
-    """An image file as a (C, H, W) uint8 tensor in PIL ``mode``, or a DataError that names the
-    file and says what is wrong with it."""
+def _read_image(path: str | Path, mode: str, data: bytes | None = None) -> Tensor:
+    """An image file (or its ``data``, read already) as a (C, H, W) uint8 tensor in PIL ``mode``,
+    or a DataError that names the file and says what is wrong with it."""
     from PIL import Image, UnidentifiedImageError
     from torchvision.transforms.v2.functional import pil_to_tensor
 
@@ -235,7 +236,7 @@ def _read_image(path: str | Path, mode: str) -> Tensor:
         with warnings.catch_warnings():
             # PIL refuses more than twice Image.MAX_IMAGE_PIXELS and only warns above it: refuse both.
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as im:
+            with Image.open(io.BytesIO(data) if data is not None else path) as im:
                 return pil_to_tensor(im.convert(mode))
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
         raise DataError(f"{printable(path)} (too large to decode safely: {err})") from None
@@ -293,8 +294,9 @@ SOURCES = {
 }
 
 
-DATA_SETS = sorted([*SOURCES, "folder", "faces"])
-"""Every name ``data.name`` may take (folder and faces read any root, with their own options)."""
+DATA_SETS = sorted([*SOURCES, "folder", "faces", "stream"])
+"""Every name ``data.name`` may take (folder and faces read any root, with their own options; stream is
+``pretrain.stream.StreamDataModule``'s)."""
 
 
 @functools.lru_cache(maxsize=8)

@@ -7,7 +7,9 @@
 2. training overhead of each task and of fine-tuning against a plain PyTorch loop (bench_overhead.py);
 3. start-up of a fine-tuning run from the command line, and a 10-run sweep (bench_startup.py);
 4. scaling with batch size and data size, and memory (bench_scaling.py);
-5. Géron's whole transfer study, scripts/fashion_study.sh (bench_study.py).
+5. Géron's whole transfer study, scripts/fashion_study.sh (bench_study.py);
+6. streamed data (data=stream) at 10,000 and 200,000 images against the in-memory targets and torchvision's
+   ImageFolder (bench_stream.py; --stream-sizes).
 
 ``--gpu`` measures section 2 on a GPU (bf16-mixed, ResNet-18, batch 512). ``--tiny`` runs every
 section on a few batches: it checks that the benchmark works and measures nothing.
@@ -24,17 +26,21 @@ import bench_data
 import bench_overhead
 import bench_scaling
 import bench_startup
+import bench_stream
 import bench_study
 from bench_common import data_root, save, table, workdir
 
-SECTIONS = {1: bench_data, 2: bench_overhead, 3: bench_startup, 4: bench_scaling, 5: bench_study}
+SECTIONS = {1: bench_data, 2: bench_overhead, 3: bench_startup, 4: bench_scaling, 5: bench_study, 6: bench_stream}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--sections", default="1,2,3,4,5", help="which sections, e.g. 2,3 (default: all)")
+    parser.add_argument(
+        "--sections", default="1,2,3,4,5", help="which sections, e.g. 2,3 (default: 1-5; 6 makes 200,000 files)"
+    )
     parser.add_argument("--repeats", type=int, default=3, help="medians over this many repeats (default 3)")
     parser.add_argument("--study-repeats", type=int, default=1, help="repeats of section 5, ~4 min each (default 1)")
+    parser.add_argument("--stream-sizes", default="10000,200000", help="section 6: the two collection sizes")
     parser.add_argument("--gpu", action="store_true", help="section 2 on the GPU: bf16-mixed, resnet18, batch 512")
     parser.add_argument("--tiny", action="store_true", help="tiny sizes: checks that the script runs, measures nothing")
     parser.add_argument("--json", help="also write the figures to this file")

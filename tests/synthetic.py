@@ -53,3 +53,19 @@ def trainer(tmp_path, callbacks=(), **kw) -> L.Trainer:
 
 def snapshot(module: torch.nn.Module) -> dict[str, Tensor]:
     return {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+
+def image_folder(root, classes: int = 3, per_class: int = 8, size=(12, 10), seed: int = 0):
+    """A folder of class subfolders ``c0, c1, ...`` of small RGB images, alternately PNG and JPEG files
+    (those of each class share a colour, so classes can be told apart). Returns ``root``."""
+    from PIL import Image
+
+    g = torch.Generator().manual_seed(seed)
+    for c in range(classes):
+        (root / f"c{c}").mkdir(parents=True)
+        base = torch.randint(0, 256, (3,), generator=g)
+        for i in range(per_class):
+            noise = torch.randint(-30, 31, (size[0], size[1], 3), generator=g)
+            pixels = (base + noise).clamp(0, 255).to(torch.uint8).numpy()
+            Image.fromarray(pixels).save(root / f"c{c}" / f"{i}.{'png' if i % 2 else 'jpg'}")
+    return root

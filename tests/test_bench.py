@@ -54,3 +54,16 @@ def test_a_child_commands_peak_memory_is_its_own_not_this_process(monkeypatch):
     assert 200 < big["peak_rss_mb"] < 300, big
     with pytest.raises(RuntimeError, match="status 1:\\nwent wrong"):
         run_child([sys.executable, "-c", "import sys; sys.exit('went wrong')"])
+
+
+@pytest.mark.slow
+def test_the_streaming_section_runs(tmp_path):
+    """Section 6 (not among the default sections: at full size it writes 200,000 files)."""
+    out = tmp_path / "figures.json"
+    argv = [sys.executable, str(REPO / "scripts" / "bench.py"), "--tiny", "--sections", "6", "--repeats", "1"]
+    argv += ["--json", str(out), "--workdir", str(tmp_path / "work")]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    figures = json.loads(out.read_text())
+    assert {f["section"] for f in figures} == {"6"} and len(figures) == 9
+    assert all("0 repeated" in f["name"] and "val: each once" in f["name"] for f in figures if "DDP" in f["name"])

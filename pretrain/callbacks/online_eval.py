@@ -120,6 +120,8 @@ class OnlineEval(L.Callback):
         why = None
         if val is None or not len(val.labels):
             why = "the data has no validation split (data.val_size=0)"
+        elif not data.info.classes:
+            why = "the data has no labels"
         elif not torch.isin(val.labels.unique(), train.labels).all():
             why = "some validation classes have no training images (data.split_by=class)"
         if why:
