@@ -42,9 +42,9 @@ def stream_epoch(out: Path) -> tuple[float, int]:
     """One epoch of streamed training batches, flipped and normalized as a training step receives them."""
     from pretrain.stream import StreamDataModule
 
-    dm = StreamDataModule(name="stream", root=str(out), image_size=[SIDE, SIDE], num_workers=WORKERS, val_size=0)
-    dm.batch_size = BATCH
-    dm.hflip = True
+    dm = StreamDataModule(
+        name="stream", root=str(out), image_size=[SIDE, SIDE], num_workers=WORKERS, val_size=0, batch_size=BATCH
+    )
     dm.setup("fit")
     loader = dm.train_dataloader()
     start, images = time.perf_counter(), 0
