@@ -25,7 +25,8 @@ import torch
 from safetensors.torch import save as safetensors_bytes
 
 from pretrain.callbacks.finite_loss import nonfinite
-from pretrain.encoders import BACKBONES, Encoder, build_encoder, encoder_blocks
+from pretrain.data import normalize
+from pretrain.encoders import BACKBONES, Encoder, build_encoder, encoder_blocks, readout
 from pretrain.files import atomic_write
 from pretrain.typecheck import describe, fits, parameter_types
 
@@ -55,6 +56,22 @@ class EncoderFile:
     @property
     def pretext_task(self) -> str:
         return self.metadata["pretext"]["task"]
+
+    def features(self, images: torch.Tensor, blocks: int | None = None, pool: str = "mean") -> torch.Tensor:
+        """One feature vector per image, ``(B, D)``, from raw images ``(B, C, H, W)`` of the encoder's input
+        shape: uint8 0..255 or float 0..1, normalized here by the file's mean and std as in training.
+        ``blocks``: the lower blocks to use (default all); ``pool``: ``mean`` averages a feature map over
+        positions (or a ViT's tokens), ``flatten`` keeps all of it, as the fine-tuning head reads it."""
+        if tuple(images.shape[1:]) != tuple(self.encoder.input_shape):
+            raise ValueError(
+                f"images of shape {tuple(images.shape[1:])}, but the encoder takes {tuple(self.encoder.input_shape)}"
+                " (channels, height, width): resize them first"
+            )
+        encoder = (self.encoder if blocks is None else self.encoder.truncated(blocks)).eval()
+        pixels = images if images.dtype == torch.uint8 else images.float() * 255  # normalize takes 0..255
+        with torch.no_grad():
+            y = encoder(normalize(pixels, self.mean, self.std))
+        return readout(pool, y.shape[1:])[0](y)
 
 
 def versions() -> dict[str, str]:

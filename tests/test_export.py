@@ -144,3 +144,18 @@ def test_written_files_follow_the_umask(tmp_path, umask):
         os.umask(previous)
     modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in tmp_path.iterdir()}
     assert modes == dict.fromkeys(["encoder.safetensors", "results.json", "last.ckpt"], 0o666 & ~umask)
+
+
+def test_features_normalize_raw_images_as_in_training_and_pool_them(tmp_path):
+    torch.manual_seed(0)
+    encoder = build_encoder(input_shape=(1, 12, 12), arch="cnn", channels=[4, 8])
+    save_encoder(tmp_path / "e.st", encoder, mean=[0.3], std=[0.2], pretext={"task": "t"}, data={"name": "d"})
+    loaded = load_encoder(tmp_path / "e.st")
+    raw = torch.randint(0, 256, (5, 1, 12, 12), dtype=torch.uint8)
+    with torch.no_grad():
+        maps = loaded.encoder.eval()((raw.float() / 255 - 0.3) / 0.2)  # (5, 8, 3, 3)
+    torch.testing.assert_close(loaded.features(raw), maps.mean((2, 3)))
+    torch.testing.assert_close(loaded.features(raw.float() / 255, pool="flatten"), maps.flatten(1))
+    assert loaded.features(raw, blocks=1).shape == (5, 4)
+    with pytest.raises(ValueError, match=r"images of shape \(3, 12, 12\), but the encoder takes \(1, 12, 12\)"):
+        loaded.features(torch.zeros(2, 3, 12, 12))
