@@ -512,37 +512,60 @@ def runs_csv(report: Report) -> str:
 
 
 def plot(report: Report, path: Path) -> None:
-    """Every seed a point, per configuration, with the mean and its 95% interval."""
+    """Left: every seed's value per configuration, a seed's runs joined by a line, with the mean and its
+    95% interval. Right: each pretrained configuration's paired differences (a point per seed) with their
+    mean and 95% interval, against a line at zero: the analysis the tables give."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     scale = 100 if _is_fraction(report.metric) else 1
+    unit = " (%)" if scale == 100 else ""
     configs = report.configurations
-    fig, ax = plt.subplots(figsize=(max(4.0, 1.6 * len(configs)), 4.5))
+    paired = [c for c in configs if c.diffs]
+    widths = [max(3.5, 1.3 * len(configs))] + ([max(3.5, 1.3 * len(paired))] if paired else [])
+    fig, axes = plt.subplots(1, len(widths), figsize=(sum(widths), 4.8), width_ratios=widths, squeeze=False)
+    ax = axes[0][0]
+    for seed in sorted({s for c in configs for s in c.by_seed}):
+        xs = [i for i, c in enumerate(configs) if seed in c.by_seed]
+        ax.plot(xs, [configs[i].by_seed[seed] * scale for i in xs], color="grey", alpha=0.35, lw=0.8, marker=".")
     for i, c in enumerate(configs):
-        values = np.array(list(c.by_seed.values())) * scale
-        jitter = np.linspace(-0.15, 0.15, len(values)) if len(values) > 1 else np.zeros(1)
-        ax.scatter(i + jitter, values, s=18, alpha=0.7, color="tab:orange" if c.pretrained else "tab:blue")
-        s = c.summary
-        if not math.isnan(s.ci_low):
-            ax.errorbar(
-                i + 0.3,
-                s.mean * scale,
-                yerr=[[(s.mean - s.ci_low) * scale], [(s.ci_high - s.mean) * scale]],
-                fmt="o",
-                color="black",
-                capsize=4,
-            )
-    labels = [printable(c.label).replace("$", r"\$") for c in configs]  # a $ would start matplotlib's mathtext
-    ax.set_xticks(range(len(configs)), labels, rotation=20, ha="right", fontsize=8)
-    ax.set_ylabel(f"{report.metric}{' (%)' if scale == 100 else ''}")
-    ax.set_title("one point per seed; black: mean and 95% CI", fontsize=9)
-    ax.grid(axis="y", alpha=0.3)
+        _mean_and_interval(ax, i + 0.12, c.summary, scale, "tab:orange" if c.pretrained else "tab:blue")
+    _config_ticks(ax, configs)
+    ax.set_ylabel(f"{report.metric}{unit}")
+    ax.set_title("each seed's runs joined; mean, 95% CI", fontsize=9)
+    if paired:
+        ax = axes[0][1]
+        for i, c in enumerate(paired):
+            jitter = np.linspace(-0.12, 0.12, len(c.diffs)) if len(c.diffs) > 1 else np.zeros(1)
+            ax.scatter(i + jitter, np.array(c.diffs) * scale, s=16, alpha=0.6, color="tab:orange")
+            _mean_and_interval(ax, i + 0.25, c.diff, scale, "black")
+        ax.axhline(0, color="black", lw=0.8)
+        _config_ticks(ax, paired)
+        ax.set_ylabel(f"difference to its baseline{' (points)' if scale == 100 else ''}")
+        ax.set_title("paired differences; mean, 95% CI", fontsize=9)
+        ax.set_xlim(-0.6, len(paired) - 0.4)
+    names = {dict(r.key).get("data.name") for c in configs for r in c.runs}
+    data = _shown(names.pop()) if len(names) == 1 and None not in names else "several data sets"
+    fig.suptitle(f"{report.metric} on {printable(data)}", fontsize=10)
     fig.tight_layout()
     atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=120))
     plt.close(fig)
+
+
+def _mean_and_interval(ax: Any, x: float, s: Summary | None, scale: float, color: str) -> None:
+    if s is not None and not math.isnan(s.ci_low):
+        err = [[(s.mean - s.ci_low) * scale], [(s.ci_high - s.mean) * scale]]
+        ax.errorbar(x, s.mean * scale, yerr=err, fmt="o", color=color, capsize=4)
+    elif s is not None:
+        ax.plot([x], [s.mean * scale], "o", color=color)
+
+
+def _config_ticks(ax: Any, configs: Sequence[Configuration]) -> None:
+    labels = [printable(c.label).replace("$", r"\$") for c in configs]  # a $ would start matplotlib's mathtext
+    ax.set_xticks(range(len(configs)), labels, rotation=20, ha="right", fontsize=8)
+    ax.grid(axis="y", alpha=0.3)
 
 
 def view(report: Report) -> tuple[Callable[[Report], str], Callable[[Report, Path], None]]:
