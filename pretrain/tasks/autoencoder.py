@@ -177,7 +177,7 @@ class Autoencoder(PretextTask):
             if self.current_epoch == self.stage * self.epochs_per_stage:
                 rank_zero_info(
                     f"greedy stage {self.stage + 1} of {len(self.encoder)}: training block {self.stage} "
-                    f"({self.encoder.block_names[self.stage]}), the blocks below frozen"
+                    f"({self.encoder.block_names[self.stage]}){', the blocks below frozen' if self.stage else ''}"
                 )
 
     def on_train_epoch_end(self) -> None:
