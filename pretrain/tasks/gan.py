@@ -174,13 +174,16 @@ class GAN(PretextTask):
     def configure_optimizers(self) -> list[Optimizer]:
         make = functools.partial(self.optimizer_factory, **self.optimizer_args)
         try:
-            discriminator = make([*self.encoder.parameters(), *self.head.parameters()])
+            # Named groups: the logged learning rates read lr-Adam/discriminator, lr-Adam-1/generator.
+            discriminator = make(
+                [{"params": [*self.encoder.parameters(), *self.head.parameters()], "name": "discriminator"}]
+            )
         except TypeError as err:
             raise ValueError(
                 f"task.optimizer_args {self.optimizer_args} do not fit the chosen optimizer ({err}): "
                 "change them, or set task.optimizer_args={} to use conf/optimizer's values as they are"
             ) from None
-        generator = make(self.generator.parameters())
+        generator = make([{"params": list(self.generator.parameters()), "name": "generator"}])
         for group in generator.param_groups:
             group["lr"] *= self.generator_lr_factor
         return [discriminator, generator]
