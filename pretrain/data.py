@@ -23,6 +23,7 @@ from typing import Any
 import lightning as L
 import numpy as np
 import torch
+from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor
 
 from pretrain.augment import Augment, augment_problems
@@ -781,6 +782,12 @@ class ImageDataModule(L.LightningDataModule):
                 f"normalization has {len(self.info.mean)} mean / {len(self.info.std)} std values but the "
                 f"images have {self.info.input_shape[0]} channel(s)"
             )
+        shape = "x".join(str(d) for d in self.info.input_shape)
+        rank_zero_info(
+            f"data {self.name}: {len(pool):,} training, {len(val):,} validation and {len(test.labels):,} test images "
+            f"of {shape} (channels x height x width), {len(train.classes)} classes"
+            + (" (resized and converted as data.image_size and data.grayscale say)" if self.image_size else "")
+        )
 
     def _check_batches(self, image_side: tuple[int, int]) -> None:
         """The values that only the data can judge, judged before a trainer exists (whose loggers write files
