@@ -72,9 +72,9 @@ def memory_epoch(src: Path) -> tuple[float, float, int]:
 
 
 def _flip(x):
-    from pretrain.data import augment_batch
+    from pretrain.augment import Augment
 
-    return augment_batch(x, True, 0)
+    return Augment(hflip=True)(x)  # a flip only moves pixels: the 0..255 floats stay as they are
 
 
 def imagefolder_epoch(src: Path) -> tuple[float, int]:
