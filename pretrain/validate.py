@@ -137,7 +137,8 @@ def validate_config(cfg: DictConfig, name: str) -> None:
     problems: list[str] = []
     reference = OmegaConf.to_container(OmegaConf.load(CONF / f"{name}.yaml"))
     known = _top_level_keys(reference)
-    problems += [_missing_group(group) for group in _required_groups(reference) if not _chosen(group, plain)]
+    missing = [group for group in _required_groups(reference) if not _chosen(group, plain)]
+    problems += [_missing_group(group) for group in missing]
     for key, value in plain.items():
         if key not in known:
             problems.append(f"unknown key '{key}'{_did_you_mean(key, sorted(known))}")
@@ -148,7 +149,7 @@ def validate_config(cfg: DictConfig, name: str) -> None:
         elif key in TYPES:
             if not fits(value, TYPES[key]):
                 problems.append(f"{key}={value!r} must be {describe(TYPES[key])}")
-        elif isinstance(reference.get(key), dict):
+        elif isinstance(reference.get(key), dict) and key not in missing:  # a missing group's keys: said once
             _check_plain(key, value, reference[key], problems)
     _check_rules(plain, problems)
     if not problems and isinstance(plain.get("optimizer"), dict):

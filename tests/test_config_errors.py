@@ -420,7 +420,7 @@ TYPOS = [
         finetune_main,
         ["~data"],
         "invalid configuration:\n  data is missing: it is a config group, choose one of its options ['digits', "
-        "'faces', 'fashion_mnist', 'folder', 'mnist'], e.g. data=digits",
+        "'faces', 'fashion_mnist', 'folder', 'mnist', 'stream'], e.g. data=digits\n",
     ),
 ]
 

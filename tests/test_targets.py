@@ -123,7 +123,10 @@ def test_the_payloads_are_live_when_nothing_checks_them(tmp_path):
 def test_the_declared_targets_are_the_group_files_own():
     declared = declared_targets()
     assert declared[("optimizer",)] >= {"torch.optim.Adam", "torch.optim.SGD"}
-    assert "pretrain.tasks.gan.GAN" in declared[("task",)] and declared[("data",)] == {"pretrain.data.ImageDataModule"}
+    assert "pretrain.tasks.gan.GAN" in declared[("task",)] and declared[("data",)] == {
+        "pretrain.data.ImageDataModule",
+        "pretrain.stream.StreamDataModule",
+    }
     groups = ("data", "task", "optimizer", "lr_schedule", "trainer", "faults", "online_eval", "hydra")
     assert not [at for at in declared if at[0] not in groups]
 
