@@ -448,3 +448,10 @@ def test_a_typo_on_the_command_line(tmp_path):
         "error: invalid configuration:\n"
         "  data.batchsize is not an option of pretrain.data.ImageDataModule (did you mean 'batch_size'?)\n"
     )
+
+
+def test_debug_quick_fine_tunes_a_reused_encoder_through_both_phases():
+    """One epoch would end before the default unfreeze epoch (5), which the config check refuses."""
+    cfg = make_config("finetune", ["debug=quick", "encoder=e.safetensors"])
+    assert (cfg.trainer.max_epochs, cfg.schedule.unfreeze_epoch, cfg.trainer.limit_train_batches) == (2, 1, 10)
+    assert make_config("finetune", []).schedule.unfreeze_epoch == 5  # without it, the recipe as it is
