@@ -23,7 +23,6 @@ from typing import Any
 import lightning as L
 import numpy as np
 import torch
-from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor
 
 from pretrain.augment import Augment, augment_problems
@@ -782,10 +781,14 @@ class ImageDataModule(L.LightningDataModule):
                 f"normalization has {len(self.info.mean)} mean / {len(self.info.std)} std values but the "
                 f"images have {self.info.input_shape[0]} channel(s)"
             )
+
+    def describe(self) -> str:
+        """What a run trains and is tested on, in a line (once ``setup`` has run)."""
         shape = "x".join(str(d) for d in self.info.input_shape)
-        rank_zero_info(
-            f"data {self.name}: {len(pool):,} training, {len(val):,} validation and {len(test.labels):,} test images "
-            f"of {shape} (channels x height x width), {len(train.classes)} classes"
+        return (
+            f"data {self.name}: {len(self.train_set.labels):,} training, {len(self.val_set.labels):,} validation "
+            f"and {len(self.test_set.labels):,} test images of {shape} (channels x height x width), "
+            f"{self.info.num_classes} classes"
             + (" (resized and converted as data.image_size and data.grayscale say)" if self.image_size else "")
         )
 

@@ -91,6 +91,26 @@ class ProgressBar(TQDMProgressBar):
         return metrics
 
 
+class DataSummary(Callback):
+    """Says once, as training (or a test alone) starts, what data the run uses: after every check, so
+    that a refused run prints its one error and nothing else."""
+
+    def __init__(self) -> None:
+        self.said = False
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._say(trainer)
+
+    def on_test_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._say(trainer)
+
+    def _say(self, trainer: L.Trainer) -> None:
+        describe = getattr(trainer.datamodule, "describe", None)
+        if not self.said and trainer.is_global_zero and describe is not None:
+            print(describe(), flush=True)
+        self.said = True
+
+
 def build_trainer(
     trainer_cfg: DictConfig, run_dir: Path, callbacks: Sequence[Callback] = (), faults: FaultTolerance | None = None
 ) -> L.Trainer:
@@ -116,6 +136,7 @@ def build_trainer(
             callbacks=[
                 *faults.callbacks(run_dir),
                 LearningRateMonitor(logging_interval="epoch"),
+                DataSummary(),
                 GradNormMonitor(),
                 *([ChannelsLast()] if channels_last else []),
                 # Refreshed as often as the logs are written: the values it shows change no more often,
