@@ -17,7 +17,7 @@ from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor, nn
 
-from pretrain.encoders import GlobalPool
+from pretrain.encoders import readout
 
 SIMILARITIES_PER_CHUNK = 2**24
 """Entries of the (validation x bank) similarity matrix held at once: 64 MB of float32."""
@@ -45,9 +45,9 @@ def knn_predict(
 
 def embed(encoder: nn.Module, x: Tensor, pool: str = "mean") -> Tensor:
     """The L2-normalized features of a batch of encoder inputs, what k-NN compares: the output
-    averaged over positions (``mean``, ``GlobalPool``) or all of it (``flatten``, as the head reads it)."""
+    averaged over positions (``mean``) or all of it (``flatten``): ``readout``, as the head reads it."""
     y = encoder(x)
-    return F.normalize((y.flatten(1) if pool == "flatten" else GlobalPool()(y)).float(), dim=1)
+    return F.normalize(readout(pool, y.shape[1:])[0](y).float(), dim=1)
 
 
 def pooled_features(
