@@ -12,6 +12,7 @@ after it gives the same features as the encoder file on a test batch.
 from __future__ import annotations
 
 import argparse
+import io
 from pathlib import Path
 
 import torch
@@ -72,7 +73,9 @@ def main() -> None:
         program = portable(loaded, args.blocks, args.pool)
     except EncoderFileError as err:
         parser.exit(2, f"error: {err}\n")
-    atomic_write(args.out, lambda tmp: torch.export.save(program, tmp))
+    buffer = io.BytesIO()  # torch.export.save wants a name ending in .pt2 or a buffer, not our temporary file
+    torch.export.save(program, buffer)
+    atomic_write(args.out, lambda tmp: tmp.write_bytes(buffer.getvalue()))
     print(f"program written to {args.out}: torch.export.load('{args.out}').module()(uint8 images) -> features")
 
 
