@@ -11,7 +11,8 @@
 6. streamed data (data=stream) at 10,000 and 200,000 images against the in-memory targets and torchvision's
    ImageFolder (bench_stream.py; --stream-sizes).
 
-``--gpu`` measures section 2 on a GPU (bf16-mixed, ResNet-18, batch 512). ``--tiny`` runs every
+``--gpu`` measures section 2 on a GPU (bf16-mixed, ResNet-18, batch 512), and section 6 as ResNet-50 at
+224 px streamed against random tensors on the GPU (bench_stream_gpu.py). ``--tiny`` runs every
 section on a few batches: it checks that the benchmark works and measures nothing.
 """
 
@@ -27,10 +28,12 @@ import bench_overhead
 import bench_scaling
 import bench_startup
 import bench_stream
+import bench_stream_gpu
 import bench_study
 from bench_common import data_root, save, table, workdir
 
 SECTIONS = {1: bench_data, 2: bench_overhead, 3: bench_startup, 4: bench_scaling, 5: bench_study, 6: bench_stream}
+GPU_SECTIONS = {2: bench_overhead, 6: bench_stream_gpu}  # --gpu: what each measures on the GPU
 
 
 def main() -> None:
@@ -41,7 +44,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="medians over this many repeats (default 3)")
     parser.add_argument("--study-repeats", type=int, default=1, help="repeats of section 5, ~4 min each (default 1)")
     parser.add_argument("--stream-sizes", default="10000,200000", help="section 6: the two collection sizes")
-    parser.add_argument("--gpu", action="store_true", help="section 2 on the GPU: bf16-mixed, resnet18, batch 512")
+    parser.add_argument("--gpu", action="store_true", help="sections 2 and 6 on the GPU (see above)")
     parser.add_argument("--tiny", action="store_true", help="tiny sizes: checks that the script runs, measures nothing")
     parser.add_argument("--json", help="also write the figures to this file")
     parser.add_argument("--workdir", help="run folders go here (default: a temporary folder, removed)")
@@ -53,8 +56,8 @@ def main() -> None:
         unknown = {args.sections}
     if unknown:
         parser.error(f"--sections takes numbers from {sorted(SECTIONS)}, not {sorted(unknown)}")
-    if args.gpu and sections != [2]:
-        parser.error("--gpu measures section 2 only: add --sections 2")
+    if args.gpu and not set(sections) <= set(GPU_SECTIONS):
+        parser.error(f"--gpu measures sections {sorted(GPU_SECTIONS)} only: add --sections 2 or --sections 6")
     data_root()
     args.log = lambda line: print(line, file=sys.stderr, flush=True)
     print(
@@ -62,13 +65,13 @@ def main() -> None:
         + (", tiny sizes (measures nothing)" if args.tiny else ""),
         flush=True,
     )
-    figures = []
+    figures, modules = [], GPU_SECTIONS if args.gpu else SECTIONS
     with workdir(args) as root:
         for number in sections:
             start = time.perf_counter()
-            args.log(f"section {number}: {SECTIONS[number].__doc__.splitlines()[0]}")
+            args.log(f"section {number}: {modules[number].__doc__.splitlines()[0]}")
             (root / f"section{number}").mkdir(parents=True, exist_ok=True)
-            figures += SECTIONS[number].figures(args, root / f"section{number}")
+            figures += modules[number].figures(args, root / f"section{number}")
             args.log(f"section {number} took {time.perf_counter() - start:.0f} s")
     print(table(figures), flush=True)
     if args.json:

@@ -10,6 +10,7 @@ streamed batches then get the pipeline's own flips and normalization, the ImageF
 from __future__ import annotations
 
 import argparse
+import multiprocessing
 import statistics
 import sys
 import time
@@ -20,22 +21,32 @@ from bench_common import REPO, Figure, child_env, run_child
 SIDE, BATCH, WORKERS = 96, 128, 2
 
 
-def make_collection(folder: Path, n: int, seed: int = 0) -> Path:
-    """``n`` JPEG crops (96..128 px) of the sample photographs, in class folders c0..c9."""
+def make_collection(folder: Path, n: int, seed: int = 0, sides: tuple[int, int] = (96, 128), workers: int = 1) -> Path:
+    """``n`` JPEG crops (``sides`` px, drawn per image) of the sample photographs, in class folders c0..c9,
+    written by ``workers`` processes."""
+    for c in range(10):
+        (folder / f"c{c}").mkdir(parents=True, exist_ok=True)
+    parts = [(folder, range(i, n, workers), seed + i, sides) for i in range(workers)]
+    if workers == 1:
+        _write_crops(*parts[0])
+    else:
+        with multiprocessing.get_context("spawn").Pool(workers) as pool:
+            pool.starmap(_write_crops, parts)
+    return folder
+
+
+def _write_crops(folder: Path, indices: range, seed: int, sides: tuple[int, int]) -> None:
     import numpy as np
     from PIL import Image
     from sklearn.datasets import load_sample_images
 
     photos = load_sample_images().images
     rng = np.random.default_rng(seed)
-    for c in range(10):
-        (folder / f"c{c}").mkdir(parents=True, exist_ok=True)
-    for i in range(n):
+    for i in indices:
         photo = photos[i % 2]
-        h, w = rng.integers(96, 129, size=2)
+        h, w = rng.integers(sides[0], sides[1] + 1, size=2)
         y, x = rng.integers(0, photo.shape[0] - h), rng.integers(0, photo.shape[1] - w)
         Image.fromarray(photo[y : y + h, x : x + w]).save(folder / f"c{i % 10}" / f"{i}.jpg", quality=90)
-    return folder
 
 
 def stream_epoch(out: Path) -> tuple[float, int]:

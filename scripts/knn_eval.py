@@ -36,6 +36,7 @@ def main() -> None:
     parser.add_argument("--data", default="fashion_mnist", help="a data set with an official test split")
     parser.add_argument("--backbone", default="cnn", help="a file of conf/backbone, at random initial weights")
     parser.add_argument("--seed", type=int, default=0, help="of the random weights")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="where features are made")
     parser.add_argument("--encoder", type=Path, action="append", default=[], help="an encoder file (repeatable)")
     parser.add_argument("--k", type=int, default=20)
     parser.add_argument("--temperature", type=float, default=0.07)
@@ -55,21 +56,24 @@ def main() -> None:
     for path in args.encoder:
         loaded = load_encoder(path)
         models.append((f"{loaded.pretext_task} encoder {path}", loaded.encoder, loaded.mean, loaded.std))
+    device = torch.device(args.device)
     for name, model, mean_, std_ in models:
         start = time.perf_counter()
+        model.to(device)
         bank, features = (
             pooled_features(
                 model.eval(),
                 s.images,
                 lambda x, m=mean_, d=std_: normalize(x, m, d),
                 1024,
-                torch.device("cpu"),
+                device,
                 args.pool,
             )
             for s in (train, test)
         )
-        predicted = knn_predict(features, bank, train.labels, len(train.classes), args.k, args.temperature)
-        accuracy = (predicted == test.labels).float().mean().item()
+        labels = train.labels.to(device)
+        predicted = knn_predict(features, bank, labels, len(train.classes), args.k, args.temperature)
+        accuracy = (predicted.cpu() == test.labels).float().mean().item()
         print(
             f"{args.data} k-NN (k={args.k}, T={args.temperature}, {args.pool} features, "
             f"{len(train.labels)} training images, "
