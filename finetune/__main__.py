@@ -14,15 +14,15 @@ from omegaconf import DictConfig, OmegaConf
 from finetune.classifier import Classifier
 from finetune.knn import KNNClassifier
 from finetune.schedule import FreezeSchedule
-from pretrain.cli import command
+from pretrain.config.validate import check_encoder_fits_data, check_reuse, validate_config
 from pretrain.data import DataInfo
 from pretrain.encoders import Encoder, build_encoder
 from pretrain.export import EncoderFile, load_encoder
-from pretrain.files import sha256, write_json
-from pretrain.resume import check_resumable, checkpoint_to_resume
-from pretrain.text import printable
-from pretrain.trainer import build_trainer
-from pretrain.validate import check_encoder_fits_data, check_reuse, validate_config
+from pretrain.run.cli import command
+from pretrain.run.files import sha256, write_json
+from pretrain.run.resume import check_resumable, checkpoint_to_resume
+from pretrain.run.text import printable
+from pretrain.run.trainer import build_trainer
 
 
 def _pretrained(cfg: DictConfig) -> EncoderFile | None:

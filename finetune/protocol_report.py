@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 
 from finetune.report import Configuration, Report, Summary, _fmt, _interval, _is_fraction, _labels, _matches, notes
-from pretrain.files import atomic_write
-from pretrain.text import markdown_text, printable
+from pretrain.run.files import atomic_write
+from pretrain.run.text import markdown_text, printable
 
 MODES = ("knn", "probe", "finetune")
 """The panels' order: from no training to training everything."""

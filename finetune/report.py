@@ -38,8 +38,8 @@ from typing import Any
 import numpy as np
 from scipy import stats
 
-from pretrain.files import atomic_write, write_text
-from pretrain.text import markdown_text, printable
+from pretrain.run.files import atomic_write, write_text
+from pretrain.run.text import markdown_text, printable
 
 RUN_SPECIFIC = (
     "seed",

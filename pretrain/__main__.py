@@ -9,13 +9,13 @@ import lightning as L
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from pretrain.cli import command
+from pretrain.config.validate import validate_config
 from pretrain.encoders import build_encoder
 from pretrain.export import save_encoder
-from pretrain.files import write_json
-from pretrain.resume import check_resumable, checkpoint_to_resume
-from pretrain.trainer import build_trainer
-from pretrain.validate import validate_config
+from pretrain.run.cli import command
+from pretrain.run.files import write_json
+from pretrain.run.resume import check_resumable, checkpoint_to_resume
+from pretrain.run.trainer import build_trainer
 
 
 def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:

@@ -26,7 +26,7 @@ import torch
 from torch import Tensor
 
 from pretrain.augment import Augment, augment_problems
-from pretrain.text import printable
+from pretrain.run.text import printable
 
 DATA_ENV = "PRETEXT_DATA"
 """Environment variable naming the folder that holds torchvision-layout data sets."""

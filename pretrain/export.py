@@ -24,11 +24,11 @@ import safetensors.torch
 import torch
 from safetensors.torch import save as safetensors_bytes
 
-from pretrain.callbacks.finite_loss import nonfinite
+from pretrain.config.typecheck import describe, fits, parameter_types
 from pretrain.data import normalize
 from pretrain.encoders import BACKBONES, Encoder, build_encoder, encoder_blocks, readout
-from pretrain.files import atomic_write
-from pretrain.typecheck import describe, fits, parameter_types
+from pretrain.run.callbacks.finite_loss import nonfinite
+from pretrain.run.files import atomic_write
 
 FORMAT = "pretext-encoder"
 FORMAT_VERSION = 1

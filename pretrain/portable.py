@@ -20,7 +20,7 @@ from torch import Tensor, nn
 
 from pretrain.encoders import Encoder, readout
 from pretrain.export import EncoderFile, EncoderFileError, load_encoder
-from pretrain.files import atomic_write
+from pretrain.run.files import atomic_write
 
 
 class Features(nn.Module):

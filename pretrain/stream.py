@@ -35,7 +35,7 @@ import torch
 from torch import Tensor
 
 from pretrain.data import DataError, EpochPairs, ImageDataModule, ImageSet, PairBatches, _stratified_split
-from pretrain.text import printable
+from pretrain.run.text import printable
 
 # litdata logs its cache budget and read mode at INFO, in every worker: not news for our users.
 logging.getLogger("litdata").setLevel(logging.WARNING)

@@ -234,7 +234,7 @@ def plain_fit(
     import torch
 
     from pretrain.data import normalize
-    from pretrain.trainer import skip_gpu_probe_without_gpus
+    from pretrain.run.trainer import skip_gpu_probe_without_gpus
 
     skip_gpu_probe_without_gpus()  # undo what importing Lightning did to this process, as the pipeline does
     autocast = torch.autocast("cuda", torch.bfloat16, enabled=device != "cpu")

@@ -108,7 +108,7 @@ def build(kind: str, argv: list[str]) -> dict[str, Any]:
     else:
         raise ValueError(f"no plain loop for {kind}")
     device = "cuda" if cfg.trainer.accelerator in ("gpu", "cuda") else "cpu"
-    if cfg.trainer.channels_last:  # as pretrain.callbacks.ChannelsLast does in the pipeline's run
+    if cfg.trainer.channels_last:  # as pretrain.run.callbacks.ChannelsLast does in the pipeline's run
         model.to(memory_format=torch.channels_last)
     model.to(device).train()
     return {

@@ -18,12 +18,12 @@ from omegaconf import OmegaConf, open_dict
 
 import finetune.__main__ as finetune_main
 import pretrain.__main__ as pretrain_main
-from pretrain.cli import run_command
+from pretrain.config.typecheck import fits
+from pretrain.config.validate import ConfigError, validate_config
 from pretrain.data import DataError
 from pretrain.encoders import EncoderError, build_encoder
 from pretrain.export import EncoderFileError, save_encoder
-from pretrain.typecheck import fits
-from pretrain.validate import ConfigError, validate_config
+from pretrain.run.cli import run_command
 
 BAD_CONFIGS = [
     ("pretrain", ["+sede=3"], r"unknown key 'sede' \(did you mean 'seed'\?\)"),

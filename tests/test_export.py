@@ -17,7 +17,7 @@ from safetensors.torch import load_file
 
 from pretrain.encoders import build_encoder
 from pretrain.export import EncoderFileError, load_encoder, save_encoder
-from pretrain.files import AtomicCheckpointIO, atomic_write, write_json
+from pretrain.run.files import AtomicCheckpointIO, atomic_write, write_json
 
 
 def write(path, arch="cnn", shape=(1, 8, 8), **options):

@@ -23,14 +23,14 @@ from omegaconf import OmegaConf, open_dict
 from safetensors.torch import load_file
 
 import pretrain.__main__ as pretrain_main
-from pretrain.callbacks.finite_loss import FiniteLossGuard, NonFiniteLossError
-from pretrain.callbacks.last_checkpoint import LastCheckpoint
-from pretrain.callbacks.random_state import collect, restore
+from pretrain.config.validate import ConfigError
 from pretrain.data import EpochPermutation, TensorBatches
-from pretrain.files import AtomicCheckpointIO, NoSpaceError, remove_stale_temporaries
-from pretrain.resume import check_resumable, checkpoint_to_resume, resumed_config
-from pretrain.trainer import build_trainer
-from pretrain.validate import ConfigError
+from pretrain.run.callbacks.finite_loss import FiniteLossGuard, NonFiniteLossError
+from pretrain.run.callbacks.last_checkpoint import LastCheckpoint
+from pretrain.run.callbacks.random_state import collect, restore
+from pretrain.run.files import AtomicCheckpointIO, NoSpaceError, remove_stale_temporaries
+from pretrain.run.resume import check_resumable, checkpoint_to_resume, resumed_config
+from pretrain.run.trainer import build_trainer
 
 # 3 epochs of 19 steps; augmentation and dropout draw random numbers every step, so a resumed
 # run matches only if it restores the data position and the random state exactly.

@@ -18,12 +18,12 @@ from test_report import T975, results
 
 import finetune.__main__ as finetune_main
 from finetune import protocol_report, report
-from pretrain.callbacks.online_eval import knn_predict, pooled_features
+from pretrain.config.validate import ConfigError, validate_config
 from pretrain.data import DataError, ImageDataModule
 from pretrain.encoders import build_encoder
 from pretrain.export import save_encoder
-from pretrain.files import write_json
-from pretrain.validate import ConfigError, validate_config
+from pretrain.run.callbacks.online_eval import knn_predict, pooled_features
+from pretrain.run.files import write_json
 
 PER_CLASS = ["data.label_budget=null", "data.labels_per_class=5"]
 

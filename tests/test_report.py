@@ -9,7 +9,7 @@ import math
 import pytest
 
 from finetune import report as rp
-from pretrain.files import write_json
+from pretrain.run.files import write_json
 
 MLP = {"arch": "mlp", "input_shape": [1, 8, 8], "options": {"widths": [16]}, "depth": 1}
 CONFIG = {

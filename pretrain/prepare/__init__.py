@@ -31,9 +31,9 @@ import numpy as np
 import torch
 
 from pretrain.data import SOURCES, DataError, _load_faces, _read_image, channel_stats, load_source
-from pretrain.files import write_json
+from pretrain.run.files import write_json
+from pretrain.run.text import printable
 from pretrain.stream import INDEX, MARKER, PARTIAL, decode_image, quiet_litdata
-from pretrain.text import printable
 
 BUILT_IN = (*SOURCES, "faces")
 STATS_SAMPLE = 2000  # images decoded to measure mean/std: enough for three decimals

@@ -8,8 +8,8 @@ from pretrain.data import DataError
 
 
 def main(argv: list[str] | None = None) -> None:
-    from pretrain.cli import refuse
     from pretrain.prepare import BUILT_IN, prepare
+    from pretrain.run.cli import refuse
 
     parser = argparse.ArgumentParser(
         prog="python -m pretrain.prepare",

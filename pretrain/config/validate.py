@@ -6,7 +6,7 @@ without a schema to keep in sync:
 - top-level keys are those of the primary config file (``conf/pretrain.yaml`` or
   ``conf/finetune.yaml``) and its config groups; anything else is a typo;
 - a ``_target_`` may appear only where ``conf/`` declares one, with a value declared there
-  (``pretrain.targets``): checked first, on the config as written and as resolved, so that
+  (``pretrain.config.targets``): checked first, on the config as written and as resolved, so that
   nothing a config names is imported or called unless the project's own files name it too;
 - every node with a ``_target_`` is checked against the signature of what it builds: each
   key must be a parameter (else "did you mean ..."), each value must fit the parameter's type
@@ -41,12 +41,12 @@ from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 
+from pretrain.config.targets import CONF, undeclared_targets
+from pretrain.config.typecheck import describe, fits, parameter_types
 from pretrain.data import DATA_SETS, ImageDataModule, value_problems
 from pretrain.encoders import BACKBONES, Encoder
-from pretrain.faults import FaultTolerance
-from pretrain.targets import CONF, undeclared_targets
+from pretrain.run.faults import FaultTolerance
 from pretrain.tasks.base import PretextTask
-from pretrain.typecheck import describe, fits, parameter_types
 
 
 class ConfigError(ValueError):
@@ -233,7 +233,7 @@ def _check_target(path: str, node: dict[str, Any], problems: list[str]) -> None:
     for key, value in node.items():
         if key.startswith("_") and key.endswith("_"):  # Hydra's own keys: _target_, _partial_, ...
             continue
-        if path == "trainer" and key == "channels_last":  # ours, not Lightning's: pretrain.trainer takes it
+        if path == "trainer" and key == "channels_last":  # ours, not Lightning's: pretrain.run.trainer takes it
             if not isinstance(value, bool):
                 problems.append(f"trainer.channels_last={value!r} must be true or false")
             continue
@@ -241,7 +241,7 @@ def _check_target(path: str, node: dict[str, Any], problems: list[str]) -> None:
             if not takes_any:
                 problems.append(f"{path}.{key} is not an option of {target}{_did_you_mean(key, names)}")
         elif path == "trainer" and key == "precision" and value == "mixed":
-            continue  # ours, not Lightning's: pretrain.trainer.resolve_precision picks the real one
+            continue  # ours, not Lightning's: pretrain.run.trainer.resolve_precision picks the real one
         elif not fits(value, params[key].annotation):
             problems.append(f"{path}.{key}={value!r} must be {describe(params[key].annotation)}")
     if isinstance(obj, type) and issubclass(obj, ImageDataModule):

@@ -18,7 +18,7 @@ from hydra.errors import CompactHydraException, ConfigCompositionException, Miss
 from omegaconf import DictConfig
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
 
-from pretrain.validate import CONF, ConfigError, _did_you_mean, group_options, validate_config
+from pretrain.config.validate import CONF, ConfigError, _did_you_mean, group_options, validate_config
 
 
 def compose_config(name: str, overrides: Sequence[str]) -> DictConfig:
