@@ -15,7 +15,7 @@ from finetune.classifier import Classifier
 from finetune.knn import KNNClassifier
 from finetune.schedule import FreezeSchedule
 from pretrain.config.validate import check_encoder_fits_data, check_reuse, validate_config
-from pretrain.data import DataInfo
+from pretrain.data.module import DataInfo
 from pretrain.encoders import Encoder, build_encoder
 from pretrain.export import EncoderFile, load_encoder
 from pretrain.run.cli import command

@@ -25,7 +25,7 @@ import torch
 from safetensors.torch import save as safetensors_bytes
 
 from pretrain.config.typecheck import describe, fits, parameter_types
-from pretrain.data import normalize
+from pretrain.data.module import normalize
 from pretrain.encoders import BACKBONES, Encoder, build_encoder, encoder_blocks, readout
 from pretrain.run.callbacks.finite_loss import nonfinite
 from pretrain.run.files import atomic_write

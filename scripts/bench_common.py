@@ -233,7 +233,7 @@ def plain_fit(
     Returns each epoch's wall seconds."""
     import torch
 
-    from pretrain.data import normalize
+    from pretrain.data.module import normalize
     from pretrain.run.trainer import skip_gpu_probe_without_gpus
 
     skip_gpu_probe_without_gpus()  # undo what importing Lightning did to this process, as the pipeline does

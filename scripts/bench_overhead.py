@@ -187,7 +187,8 @@ def plain_epochs(kind: str, argv: list[str], epochs: int, fabric: bool = False) 
 def bare_lightning_epochs(kind: str, argv: list[str], epochs: int) -> list[float]:
     """The same model and loss under a Trainer with nothing added: no loggers, callbacks, progress bar,
     checkpoints or model summary; deterministic on CPU, as the pipeline's trainer."""
-    from pretrain.data import EpochPermutation, TensorBatches, normalize
+    from pretrain.data.batching import EpochPermutation, TensorBatches
+    from pretrain.data.module import normalize
 
     b = build(kind, argv)
 

@@ -25,7 +25,8 @@ from torch import nn
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from pretrain.data import channel_stats, load_source, normalize  # noqa: E402
+from pretrain.data.module import channel_stats, normalize  # noqa: E402
+from pretrain.data.sources import load_source  # noqa: E402
 from pretrain.encoders import build_encoder  # noqa: E402
 from pretrain.export import load_encoder  # noqa: E402
 from pretrain.run.callbacks.online_eval import knn_predict, pooled_features  # noqa: E402

@@ -20,7 +20,7 @@ import finetune.__main__ as finetune_main
 import pretrain.__main__ as pretrain_main
 from pretrain.config.typecheck import fits
 from pretrain.config.validate import ConfigError, validate_config
-from pretrain.data import DataError
+from pretrain.data.images import DataError
 from pretrain.encoders import EncoderError, build_encoder
 from pretrain.export import EncoderFileError, save_encoder
 from pretrain.run.cli import run_command
@@ -395,7 +395,7 @@ TYPOS = [
     (
         pretrain_main,
         ["data.batchsize=32"],
-        "invalid configuration:\n  data.batchsize is not an option of pretrain.data.ImageDataModule "
+        "invalid configuration:\n  data.batchsize is not an option of pretrain.data.module.ImageDataModule "
         "(did you mean 'batch_size'?)",
     ),
     (pretrain_main, ["optimzer=sgd"], "invalid configuration:\n  unknown key 'optimzer' (did you mean 'optimizer'?)"),
@@ -446,7 +446,7 @@ def test_a_typo_on_the_command_line(tmp_path):
     assert out.returncode == 2 and list(tmp_path.iterdir()) == []
     assert out.stderr == (
         "error: invalid configuration:\n"
-        "  data.batchsize is not an option of pretrain.data.ImageDataModule (did you mean 'batch_size'?)\n"
+        "  data.batchsize is not an option of pretrain.data.module.ImageDataModule (did you mean 'batch_size'?)\n"
     )
 
 

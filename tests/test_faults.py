@@ -24,7 +24,7 @@ from safetensors.torch import load_file
 
 import pretrain.__main__ as pretrain_main
 from pretrain.config.validate import ConfigError
-from pretrain.data import EpochPermutation, TensorBatches
+from pretrain.data.batching import EpochPermutation, TensorBatches
 from pretrain.run.callbacks.finite_loss import FiniteLossGuard, NonFiniteLossError
 from pretrain.run.callbacks.last_checkpoint import LastCheckpoint
 from pretrain.run.callbacks.random_state import collect, restore

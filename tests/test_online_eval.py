@@ -15,7 +15,7 @@ from synthetic import ADAM, snapshot, trainer
 
 import pretrain.run.callbacks.online_eval as online_eval
 from pretrain.config.validate import ConfigError, validate_config
-from pretrain.data import ImageDataModule
+from pretrain.data.module import ImageDataModule
 from pretrain.encoders import build_encoder
 from pretrain.run.callbacks.online_eval import OnlineEval, embed, knn_predict, probe_predict
 from pretrain.tasks.autoencoder import Autoencoder

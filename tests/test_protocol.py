@@ -19,7 +19,8 @@ from test_report import T975, results
 import finetune.__main__ as finetune_main
 from finetune import protocol_report, report
 from pretrain.config.validate import ConfigError, validate_config
-from pretrain.data import DataError, ImageDataModule
+from pretrain.data.images import DataError
+from pretrain.data.module import ImageDataModule
 from pretrain.encoders import build_encoder
 from pretrain.export import save_encoder
 from pretrain.run.callbacks.online_eval import knn_predict, pooled_features

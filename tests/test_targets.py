@@ -124,8 +124,8 @@ def test_the_declared_targets_are_the_group_files_own():
     declared = declared_targets()
     assert declared[("optimizer",)] >= {"torch.optim.Adam", "torch.optim.SGD"}
     assert "pretrain.tasks.gan.GAN" in declared[("task",)] and declared[("data",)] == {
-        "pretrain.data.ImageDataModule",
-        "pretrain.stream.StreamDataModule",
+        "pretrain.data.module.ImageDataModule",
+        "pretrain.data.stream.StreamDataModule",
     }
     groups = ("data", "task", "optimizer", "lr_schedule", "trainer", "faults", "online_eval", "hydra")
     assert not [at for at in declared if at[0] not in groups]

@@ -11,7 +11,7 @@ from conftest import QUIET, make_config
 
 import finetune.__main__ as finetune_main
 import pretrain.__main__ as pretrain_main
-from pretrain.data import load_source
+from pretrain.data.sources import load_source
 from pretrain.export import load_encoder
 from pretrain.tasks.gan import Generator
 

@@ -20,7 +20,7 @@ without a schema to keep in sync:
 
 Checks that need the data or the encoder file (label budget, class names, input shape,
 number of blocks) run right after the data is loaded and before training: ``check_*`` below
-and ``pretrain.data``.
+and ``pretrain.data.module``.
 """
 
 from __future__ import annotations
@@ -43,7 +43,8 @@ from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 
 from pretrain.config.targets import CONF, undeclared_targets
 from pretrain.config.typecheck import describe, fits, parameter_types
-from pretrain.data import DATA_SETS, ImageDataModule, value_problems
+from pretrain.data.module import ImageDataModule, value_problems
+from pretrain.data.sources import DATA_SETS
 from pretrain.encoders import BACKBONES, Encoder
 from pretrain.run.faults import FaultTolerance
 from pretrain.tasks.base import PretextTask

@@ -31,7 +31,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from pretrain.config.compose import explain, explain_value_error
 from pretrain.config.validate import CONF, ConfigError
-from pretrain.data import DataError
+from pretrain.data.images import DataError
 from pretrain.encoders import EncoderError
 from pretrain.export import EncoderFileError
 from pretrain.run.callbacks.finite_loss import NonFiniteLossError

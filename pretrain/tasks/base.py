@@ -10,7 +10,7 @@ import lightning as L
 from torch import Tensor
 from torch.optim import Optimizer
 
-from pretrain.data import DataInfo
+from pretrain.data.module import DataInfo
 from pretrain.encoders import Encoder
 from pretrain.run.files import write_image
 

@@ -7,7 +7,7 @@ from collections.abc import Callable
 from torch import Tensor, nn
 from torchmetrics import Metric
 
-from pretrain.data import DataInfo
+from pretrain.data.module import DataInfo
 from pretrain.encoders import Encoder
 from pretrain.tasks.base import OptimizerFactory, PretextTask
 

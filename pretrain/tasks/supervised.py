@@ -6,7 +6,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchmetrics.classification import MulticlassAccuracy
 
-from pretrain.data import DataInfo
+from pretrain.data.module import DataInfo
 from pretrain.encoders import Encoder, Readout, readout
 from pretrain.tasks.base import OptimizerFactory
 from pretrain.tasks.classifying import ClassifyingTask

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import argparse
 
-from pretrain.data import DataError
+from pretrain.data.images import DataError
 
 
 def main(argv: list[str] | None = None) -> None:
-    from pretrain.prepare import BUILT_IN, prepare
+    from pretrain.data.prepare import BUILT_IN, prepare
     from pretrain.run.cli import refuse
 
     parser = argparse.ArgumentParser(
