@@ -16,8 +16,8 @@ from finetune.knn import KNNClassifier
 from finetune.schedule import FreezeSchedule
 from pretrain.config.validate import check_encoder_fits_data, check_reuse, validate_config
 from pretrain.data.module import DataInfo
+from pretrain.encoder_file.format import EncoderFile, load_encoder
 from pretrain.encoders import Encoder, build_encoder
-from pretrain.export import EncoderFile, load_encoder
 from pretrain.run.cli import command
 from pretrain.run.files import sha256, write_json
 from pretrain.run.resume import check_resumable, checkpoint_to_resume

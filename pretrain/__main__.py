@@ -10,8 +10,8 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from pretrain.config.validate import validate_config
+from pretrain.encoder_file.format import save_encoder
 from pretrain.encoders import build_encoder
-from pretrain.export import save_encoder
 from pretrain.run.cli import command
 from pretrain.run.files import write_json
 from pretrain.run.resume import check_resumable, checkpoint_to_resume

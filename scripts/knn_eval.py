@@ -27,8 +27,8 @@ sys.path.insert(0, str(REPO))
 
 from pretrain.data.module import channel_stats, normalize  # noqa: E402
 from pretrain.data.sources import load_source  # noqa: E402
+from pretrain.encoder_file.format import load_encoder  # noqa: E402
 from pretrain.encoders import build_encoder  # noqa: E402
-from pretrain.export import load_encoder  # noqa: E402
 from pretrain.run.callbacks.online_eval import knn_predict, pooled_features  # noqa: E402
 
 

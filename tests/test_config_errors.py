@@ -21,8 +21,8 @@ import pretrain.__main__ as pretrain_main
 from pretrain.config.typecheck import fits
 from pretrain.config.validate import ConfigError, validate_config
 from pretrain.data.images import DataError
+from pretrain.encoder_file.format import EncoderFileError, save_encoder
 from pretrain.encoders import EncoderError, build_encoder
-from pretrain.export import EncoderFileError, save_encoder
 from pretrain.run.cli import run_command
 
 BAD_CONFIGS = [

@@ -407,8 +407,8 @@ def test_resume_names_what_is_wrong(tmp_path):
 def test_finetuning_resumed_after_the_unfreeze_matches(tmp_path, monkeypatch):
     """Mid-epoch resume skips that epoch's start: the freeze schedule must still be the epoch's."""
     import finetune.__main__ as finetune_main
+    from pretrain.encoder_file.format import save_encoder
     from pretrain.encoders import build_encoder
-    from pretrain.export import save_encoder
 
     torch.manual_seed(0)
     encoder = tmp_path / "e.safetensors"

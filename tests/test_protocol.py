@@ -21,8 +21,8 @@ from finetune import protocol_report, report
 from pretrain.config.validate import ConfigError, validate_config
 from pretrain.data.images import DataError
 from pretrain.data.module import ImageDataModule
+from pretrain.encoder_file.format import save_encoder
 from pretrain.encoders import build_encoder
-from pretrain.export import save_encoder
 from pretrain.run.callbacks.online_eval import knn_predict, pooled_features
 from pretrain.run.files import write_json
 

@@ -21,8 +21,8 @@ from tensorboard.backend.event_processing.event_multiplexer import EventMultiple
 import finetune.__main__ as finetune_main
 from finetune.report import make_report
 from hydra_plugins.pretext_sweeper.tolerant_sweeper import config_groups, runs_to_compose
+from pretrain.encoder_file.format import save_encoder
 from pretrain.encoders import build_encoder
-from pretrain.export import save_encoder
 from pretrain.run.callbacks.channels_last import ChannelsLast
 from pretrain.run.hydra_ddp import job_argv
 from pretrain.run.trainer import build_trainer, resolve_precision, skip_gpu_probe_without_gpus

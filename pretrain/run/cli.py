@@ -32,8 +32,8 @@ from omegaconf import DictConfig, OmegaConf
 from pretrain.config.compose import explain, explain_value_error
 from pretrain.config.validate import CONF, ConfigError
 from pretrain.data.images import DataError
+from pretrain.encoder_file.format import EncoderFileError
 from pretrain.encoders import EncoderError
-from pretrain.export import EncoderFileError
 from pretrain.run.callbacks.finite_loss import NonFiniteLossError
 from pretrain.run.files import NoSpaceError, no_space_cause
 from pretrain.run.hydra_ddp import rank_processes_rerun_this_job
