@@ -11,10 +11,11 @@ import lightning as L
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from finetune.checks import CHECKS, check_encoder_fits_data, check_reuse
 from finetune.classifier import Classifier
 from finetune.knn import KNNClassifier
 from finetune.schedule import FreezeSchedule
-from pretrain.config.validate import check_encoder_fits_data, check_reuse, validate_config
+from pretrain.config.validate import validate_config
 from pretrain.data.module import DataInfo
 from pretrain.encoder_file.format import EncoderFile, load_encoder
 from pretrain.encoders import Encoder, build_encoder
@@ -33,7 +34,7 @@ def _pretrained(cfg: DictConfig) -> EncoderFile | None:
 
 def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     """Evaluate as ``cfg`` says and write ``results.json`` (test accuracy, and loss) to ``run_dir``."""
-    validate_config(cfg, "finetune")
+    validate_config(cfg, "finetune", CHECKS)
     checkpoint = checkpoint_to_resume(cfg.resume, run_dir)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     pretrained = _pretrained(cfg)
@@ -121,7 +122,7 @@ def _classifier(cfg: DictConfig, encoder: Encoder, info: DataInfo, pretrained: b
     return model, [FreezeSchedule(schedule.unfreeze_epoch, schedule.unfreeze_top)] if pretrained else []
 
 
-main = command("finetune", run)
+main = command("finetune", run, CHECKS)
 
 if __name__ == "__main__":
     main()

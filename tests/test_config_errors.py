@@ -18,8 +18,9 @@ from omegaconf import OmegaConf, open_dict
 
 import finetune.__main__ as finetune_main
 import pretrain.__main__ as pretrain_main
+from finetune.checks import CHECKS
 from pretrain.config.typecheck import fits
-from pretrain.config.validate import ConfigError, validate_config
+from pretrain.config.validate import NO_CHECKS, ConfigError, validate_config
 from pretrain.data.images import DataError
 from pretrain.encoder_file.format import EncoderFileError, save_encoder
 from pretrain.encoders import EncoderError, build_encoder
@@ -117,10 +118,13 @@ BAD_CONFIGS = [
 ]
 
 
+OWN = {"pretrain": NO_CHECKS, "finetune": CHECKS}  # each command's own checks
+
+
 @pytest.mark.parametrize("name,overrides,message", BAD_CONFIGS)
 def test_bad_config_values_are_named_with_the_fix(name, overrides, message):
     with pytest.raises(ConfigError, match=message):
-        validate_config(make_config(name, overrides), name)
+        validate_config(make_config(name, overrides), name, OWN[name])
 
 
 def test_every_problem_is_in_the_one_message():
@@ -139,17 +143,17 @@ def test_the_shipped_configs_are_valid():
     ):
         validate_config(make_config("pretrain", overrides), "pretrain")
     validate_config(
-        make_config("finetune", ["encoder=e.safetensors", "backbone=resnet18", "augment=strong"]), "finetune"
+        make_config("finetune", ["encoder=e.safetensors", "backbone=resnet18", "augment=strong"]), "finetune", CHECKS
     )
-    validate_config(make_config("finetune", ["trainer=ddp", "experiment=fashion_transfer"]), "finetune")
+    validate_config(make_config("finetune", ["trainer=ddp", "experiment=fashion_transfer"]), "finetune", CHECKS)
     # A from-scratch run reuses nothing, so a schedule past its last epoch does not concern it.
-    validate_config(make_config("finetune", ["trainer.max_epochs=2"]), "finetune")
+    validate_config(make_config("finetune", ["trainer.max_epochs=2"]), "finetune", CHECKS)
 
 
 @pytest.mark.parametrize("name", ["pretrain", "finetune"])
 def test_the_quick_preset_shortens_any_run(name):
     cfg = make_config(name, ["debug=quick", "trainer.max_epochs=3"])  # the command line still has the last word
-    validate_config(cfg, name)
+    validate_config(cfg, name, OWN[name])
     assert (cfg.trainer.max_epochs, cfg.trainer.limit_train_batches, cfg.trainer.limit_val_batches) == (3, 10, 2)
 
 

@@ -18,6 +18,7 @@ from test_report import T975, results
 
 import finetune.__main__ as finetune_main
 from finetune import protocol_report, report
+from finetune.checks import CHECKS
 from pretrain.config.validate import ConfigError, validate_config
 from pretrain.data.images import DataError
 from pretrain.data.module import ImageDataModule
@@ -68,7 +69,7 @@ def test_labels_per_class_is_exactly_that_many_of_every_class():
 )
 def test_bad_protocol_values_are_named_with_the_fix(overrides, message):
     with pytest.raises(ConfigError, match="invalid configuration:\n  ") as err:
-        validate_config(make_config("finetune", overrides), "finetune")
+        validate_config(make_config("finetune", overrides), "finetune", CHECKS)
     assert str(err.value) == f"invalid configuration:\n  {message}"
 
 
@@ -76,10 +77,10 @@ def test_a_probe_or_knn_has_no_unfreeze_epoch_to_check():
     """schedule.unfreeze_epoch past the last epoch is refused for fine-tuning only: nothing unfreezes otherwise."""
     late = ["encoder=e.safetensors", "trainer.max_epochs=2", "schedule.unfreeze_epoch=5"]
     for mode in ("probe", "knn"):
-        validate_config(make_config("finetune", [*late, f"eval={mode}"]), "finetune")
+        validate_config(make_config("finetune", [*late, f"eval={mode}"]), "finetune", CHECKS)
     with pytest.raises(ConfigError, match="schedule.unfreeze_epoch=5 is not before the last epoch"):
-        validate_config(make_config("finetune", late), "finetune")
-    validate_config(make_config("finetune", ["experiment=protocol", "encoder=e.safetensors"]), "finetune")
+        validate_config(make_config("finetune", late), "finetune", CHECKS)
+    validate_config(make_config("finetune", ["experiment=protocol", "encoder=e.safetensors"]), "finetune", CHECKS)
 
 
 def test_both_budgets_on_the_command_line_exit_2_with_one_message(tmp_path, monkeypatch, capsys):

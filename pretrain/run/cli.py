@@ -30,7 +30,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
 from pretrain.config.compose import explain, explain_value_error
-from pretrain.config.validate import CONF, ConfigError
+from pretrain.config.validate import CONF, NO_CHECKS, Checks, ConfigError
 from pretrain.data.images import DataError
 from pretrain.encoder_file.format import EncoderFileError
 from pretrain.encoders import EncoderError
@@ -57,9 +57,9 @@ FULL_ERROR = "HYDRA_FULL_ERROR"
 _composing = False  # FULL_ERROR is ours: set while Hydra composes the config for ``command``
 
 
-def command(name: str, run: Callable[[DictConfig, Path], Any]) -> Callable[[], None]:
+def command(name: str, run: Callable[[DictConfig, Path], Any], own: Checks = NO_CHECKS) -> Callable[[], None]:
     """``python -m NAME``: compose ``conf/NAME.yaml`` with the command line and call
-    ``run(cfg, run_dir)`` (see ``run_command``).
+    ``run(cfg, run_dir)`` (see ``run_command``); ``own``: the command's own config checks.
 
     Hydra refuses a mistyped key, group or option itself, before any of our code runs, with a
     message that suggests the wrong fix (``+data.batchsize=32``) and exit 1. Unless
@@ -84,7 +84,7 @@ def command(name: str, run: Callable[[DictConfig, Path], Any]) -> Callable[[], N
             hydra_main()
         except CompactHydraException as err:  # Hydra's refusal of the command line: nothing is written yet
             args = get_args_parser().parse_args()
-            refuse(explain(err, args.config_name or name, args.overrides))
+            refuse(explain(err, args.config_name or name, args.overrides, own))
         except ValueError as err:
             if not _composing:  # raised past our own reporting: not a composition error
                 raise
