@@ -17,8 +17,11 @@ from safetensors.torch import load_file
 from test_report import T975, results
 
 import finetune.__main__ as finetune_main
-from finetune import protocol_report, report
 from finetune.checks import CHECKS
+from finetune.report import protocol
+from finetune.report.command import main, make_report, view
+from finetune.report.render import markdown
+from finetune.report.stats import paired_p_value
 from pretrain.config.validate import ConfigError, validate_config
 from pretrain.data.images import DataError
 from pretrain.data.module import ImageDataModule
@@ -186,7 +189,7 @@ def protocol_sweep(folder):
 
 def test_the_report_of_a_protocol_sweep_pairs_by_mode_labels_and_seed(tmp_path, capsys):
     sweep = protocol_sweep(tmp_path / "sweep")
-    assert report.main([str(sweep), "--min-seeds", "3"]) == 0
+    assert main([str(sweep), "--min-seeds", "3"]) == 0
     printed = capsys.readouterr().out
     table = (sweep / "report.md").read_text()
     assert table in printed
@@ -214,7 +217,7 @@ def test_the_report_of_a_protocol_sweep_pairs_by_mode_labels_and_seed(tmp_path, 
     rows = {(r["eval"], r["labels_per_class"], r["configuration"].split(",")[0]): r for r in _csv(sweep / "report.csv")}
     row = rows["knn", "1", "autoencoder"]
     assert row["baseline"].startswith("random weights") and float(row["diff_mean"]) == pytest.approx(0.10)
-    assert float(row["p_value"]) == pytest.approx(report.paired_p_value([0.10, 0.09, 0.11]))
+    assert float(row["p_value"]) == pytest.approx(paired_p_value([0.10, 0.09, 0.11]))
     assert rows["finetune", "10", "scratch"]["baseline"] == ""
 
 
@@ -224,13 +227,13 @@ def _csv(path):
 
 
 def test_one_budget_and_one_mode_is_the_usual_report(tmp_path):
-    runs = report.make_report([protocol_sweep(tmp_path / "sweep")])
-    assert protocol_report.is_protocol(runs)
+    runs = make_report([protocol_sweep(tmp_path / "sweep")])
+    assert protocol.is_protocol(runs)
     runs.configurations = [
         c for c in runs.configurations if c.runs[0].eval == "knn" and c.runs[0].labels_per_class == 1
     ]
-    assert not protocol_report.is_protocol(runs)
-    assert report.view(runs)[0] is report.markdown
+    assert not protocol.is_protocol(runs)
+    assert view(runs)[0] is markdown
 
 
 def test_an_encoder_without_a_baseline_and_a_missing_budget_are_shown(tmp_path):
@@ -239,7 +242,7 @@ def test_an_encoder_without_a_baseline_and_a_missing_budget_are_shown(tmp_path):
         run = json.loads(path.read_text())
         if run["eval"] == "finetune" and run["labels_per_class"] == 10 and run["encoder_sha256"] is None:
             path.unlink()
-    table = protocol_report.markdown(report.make_report([sweep]))
+    table = protocol.markdown(make_report([sweep]))
     assert f"| finetune | scratch | {100 * sum(ACC['finetune', 1, None]) / 3:.2f} [" in table
     assert table.split("| finetune | scratch |")[1].split("\n")[0].endswith(" |  |")  # nothing at 10 per class
     assert table.split("| finetune | autoencoder |")[-1].split("\n")[0].endswith(" | no baseline |")

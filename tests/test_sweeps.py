@@ -19,7 +19,7 @@ from omegaconf import OmegaConf
 from tensorboard.backend.event_processing.event_multiplexer import EventMultiplexer
 
 import finetune.__main__ as finetune_main
-from finetune.report import make_report
+from finetune.report.command import make_report
 from hydra_plugins.pretext_sweeper.tolerant_sweeper import config_groups, runs_to_compose
 from pretrain.encoder_file.format import save_encoder
 from pretrain.encoders import build_encoder
