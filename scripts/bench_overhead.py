@@ -69,30 +69,19 @@ def build(kind: str, argv: list[str]) -> dict[str, Any]:
     import torch
     import torch.nn.functional as F
     from hydra.utils import instantiate
-    from omegaconf import OmegaConf
 
     from finetune.classifier import Classifier
-    from pretrain.encoders import build_encoder
+    from pretrain.assemble import assemble
     from pretrain.tasks.autoencoder import reconstruction_loss
 
     cfg = compose(kind, argv)
     L.seed_everything(cfg.seed, verbose=False)
-    backbone = OmegaConf.to_container(cfg.backbone, resolve=True)
-    if kind == "finetune":
-        data = instantiate(cfg.data)
-        data.setup("fit")
-        model = Classifier(
-            build_encoder(input_shape=data.info.input_shape, **backbone),
-            instantiate(cfg.optimizer),
-            data.info,
-            dropout=cfg.head.dropout,
+    if kind == "finetune":  # the command's classifier from scratch, without its schedule: the plain loop has none
+        data, model = assemble(
+            cfg, lambda encoder, info: Classifier(encoder, instantiate(cfg.optimizer), info, dropout=cfg.head.dropout)
         )
     else:
-        make_task = instantiate(cfg.task, _partial_=True)
-        data = instantiate(cfg.data, batches=make_task.func.batches)
-        data.setup("fit")
-        encoder = build_encoder(input_shape=data.info.input_shape, **backbone)
-        model = make_task(encoder=encoder, optimizer=instantiate(cfg.optimizer), data=data.info)
+        data, model = assemble(cfg)
     if kind in ("supervised", "finetune"):
 
         def loss(x, y):
