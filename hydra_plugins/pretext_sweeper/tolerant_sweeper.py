@@ -110,7 +110,7 @@ class TolerantSweeper(BasicSweeper):
             try:
                 super().validate_batch_is_legal([run])
             except ConfigCompositionException as err:  # a mistyped key or option: said as for a single run
-                from pretrain.config.compose import explain
-                from pretrain.run.cli import refuse  # here, not at the top: Hydra imports every plugin it finds
+                # here, not at the top: Hydra imports every plugin it finds
+                from pretrain.run.cli import explain_refusal, refuse
 
-                refuse(explain(err, self.config.hydra.job.config_name, run))
+                refuse(explain_refusal(err, self.config.hydra.job.config_name, run))

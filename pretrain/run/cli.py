@@ -55,6 +55,7 @@ EX_IOERR = 74
 SHARED_CODE = Path(__file__).resolve().parents[1]  # the package every command builds on
 FULL_ERROR = "HYDRA_FULL_ERROR"
 _composing = False  # FULL_ERROR is ours: set while Hydra composes the config for ``command``
+_own_checks: dict[str, Checks] = {}  # each command's own config checks, by its config name
 
 
 def command(name: str, run: Callable[[DictConfig, Path], Any], own: Checks = NO_CHECKS) -> Callable[[], None]:
@@ -66,6 +67,8 @@ def command(name: str, run: Callable[[DictConfig, Path], Any], own: Checks = NO_
     HYDRA_FULL_ERROR is set: then it raises the error. So it is set while Hydra composes, our
     words for the error are printed (``pretrain.config.compose.explain``), and ``CommandStart`` unsets
     it once the composition has passed, for everything after to be reported as before."""
+
+    _own_checks[name] = own
 
     # An absolute path: the console script `pretrain` imports the package, where Hydra would
     # read a relative path as a Python module name.
@@ -93,6 +96,12 @@ def command(name: str, run: Callable[[DictConfig, Path], Any], own: Checks = NO_
             composed()
 
     return main
+
+
+def explain_refusal(err: CompactHydraException, name: str, overrides: list[str]) -> str:
+    """Our words for Hydra's refusal of ``overrides`` in composing ``conf/NAME.yaml``, with that command's
+    own checks (for a sweep's runs, composed by the sweeper)."""
+    return explain(err, name, overrides, _own_checks.get(name, NO_CHECKS))
 
 
 def composed() -> None:
