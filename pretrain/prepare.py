@@ -1,4 +1,5 @@
-"""``python -m pretrain.prepare SOURCE OUT``: prepare an image collection for ``data=stream`` (see the package)."""
+"""``python -m pretrain.prepare SOURCE OUT``: prepare an image collection for ``data=stream``
+(see ``pretrain.data.prepare``)."""
 
 from __future__ import annotations
 
