@@ -4,6 +4,7 @@ frozen features under a linear head (``eval=probe``) or by k nearest neighbours 
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -11,18 +12,20 @@ import lightning as L
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from finetune.checks import CHECKS, check_encoder_fits_data, check_reuse
 from finetune.classifier import Classifier
 from finetune.knn import KNNClassifier
 from finetune.schedule import FreezeSchedule
-from pretrain.cli import command
-from pretrain.data import DataInfo
-from pretrain.encoders import Encoder, build_encoder
-from pretrain.export import EncoderFile, load_encoder
-from pretrain.files import sha256, write_json
-from pretrain.resume import check_resumable, checkpoint_to_resume
-from pretrain.text import printable
-from pretrain.trainer import build_trainer
-from pretrain.validate import check_encoder_fits_data, check_reuse, validate_config
+from pretrain.assemble import assemble
+from pretrain.config.validate import validate_config
+from pretrain.data.module import DataInfo
+from pretrain.encoder_file.format import EncoderFile, load_encoder
+from pretrain.encoders import Encoder
+from pretrain.run.cli import command
+from pretrain.run.files import sha256, write_json
+from pretrain.run.resume import check_resumable, checkpoint_to_resume
+from pretrain.run.text import printable
+from pretrain.run.trainer import build_trainer
 
 
 def _pretrained(cfg: DictConfig) -> EncoderFile | None:
@@ -33,32 +36,24 @@ def _pretrained(cfg: DictConfig) -> EncoderFile | None:
 
 def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     """Evaluate as ``cfg`` says and write ``results.json`` (test accuracy, and loss) to ``run_dir``."""
-    validate_config(cfg, "finetune")
+    validate_config(cfg, "finetune", CHECKS)
     checkpoint = checkpoint_to_resume(cfg.resume, run_dir)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     pretrained = _pretrained(cfg)
-    if pretrained is None:
-        datamodule = instantiate(cfg.data)
-    else:  # the encoder was trained on inputs normalized its way
+    datamodule = None
+    if pretrained is not None:  # the encoder was trained on inputs normalized its way
         datamodule = instantiate(cfg.data, mean=pretrained.mean, std=pretrained.std)
         check_encoder_fits_data(pretrained.encoder, datamodule, cfg.encoder)
-    datamodule.setup("fit")
-    info = datamodule.info
-    if pretrained is None:
-        encoder = build_encoder(input_shape=info.input_shape, **OmegaConf.to_container(cfg.backbone, resolve=True))
-    else:
-        encoder = pretrained.encoder.train()
-    reuse = check_reuse(cfg, encoder)
-    encoder = encoder.truncated(reuse)
+    encoder = None if pretrained is None else pretrained.encoder.train()
+    datamodule, model = assemble(cfg, partial(_model, cfg, pretrained is not None), encoder, datamodule)
+    info, encoder = datamodule.info, model.encoder
     faults = instantiate(cfg.faults)
     if cfg.eval == "knn":  # nothing to train: the test alone
-        model = KNNClassifier(encoder, info.num_classes, cfg.knn.k, cfg.knn.temperature, cfg.knn.pool)
         trainer = build_trainer(cfg.trainer, run_dir, faults=faults)
     else:
-        model, callbacks = _classifier(cfg, encoder, info, pretrained is not None)
         if checkpoint is not None:
             check_resumable(checkpoint, model)
-        trainer = build_trainer(cfg.trainer, run_dir, callbacks, faults=faults)
+        trainer = build_trainer(cfg.trainer, run_dir, _schedule(cfg, pretrained is not None), faults=faults)
         trainer.fit(model, datamodule=datamodule, ckpt_path=checkpoint)
     test = trainer.test(model, datamodule=datamodule, verbose=False)[0]
     per_class = info.num_train / info.num_classes
@@ -81,7 +76,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         # from-scratch runs of the same architecture.
         "encoder_sha256": None if pretrained is None else sha256(cfg.encoder),
         "pretext_task": None if pretrained is None else pretrained.pretext_task,
-        "reused_blocks": reuse,
+        "reused_blocks": len(encoder),  # the reused blocks alone
         "architecture": encoder.spec(),
         "config": OmegaConf.to_container(cfg, resolve=True),
     }
@@ -103,11 +98,13 @@ def _encoder_trains(cfg: DictConfig, pretrained: bool) -> bool:
     return cfg.eval == "finetune" and (not pretrained or cfg.schedule.unfreeze_epoch is not None)
 
 
-def _classifier(cfg: DictConfig, encoder: Encoder, info: DataInfo, pretrained: bool) -> tuple[Classifier, list]:
-    """The classifier of ``eval=finetune`` or ``eval=probe`` and its freezing schedule: a reused encoder
-    is frozen first, then unfrozen as ``cfg.schedule`` says; a probe's encoder, random or not, stays frozen."""
+def _model(cfg: DictConfig, pretrained: bool, encoder: Encoder, info: DataInfo) -> Classifier | KNNClassifier:
+    """The model of ``cfg.eval`` on the reused blocks of ``encoder`` (``reuse_blocks``, default all)."""
+    encoder = encoder.truncated(check_reuse(cfg, encoder))
+    if cfg.eval == "knn":
+        return KNNClassifier(encoder, info.num_classes, cfg.knn.k, cfg.knn.temperature, cfg.knn.pool)
     schedule = cfg.schedule
-    model = Classifier(
+    return Classifier(
         encoder,
         instantiate(cfg.optimizer),
         info,
@@ -116,12 +113,17 @@ def _classifier(cfg: DictConfig, encoder: Encoder, info: DataInfo, pretrained: b
         pool=cfg.head.pool,
         lr_schedule=instantiate(cfg.lr_schedule),
     )
+
+
+def _schedule(cfg: DictConfig, pretrained: bool) -> list[FreezeSchedule]:
+    """The classifier's freezing schedule: a reused encoder is frozen first, then unfrozen as
+    ``cfg.schedule`` says; a probe's encoder, random or not, stays frozen."""
     if cfg.eval == "probe":
-        return model, [FreezeSchedule(None)]
-    return model, [FreezeSchedule(schedule.unfreeze_epoch, schedule.unfreeze_top)] if pretrained else []
+        return [FreezeSchedule(None)]
+    return [FreezeSchedule(cfg.schedule.unfreeze_epoch, cfg.schedule.unfreeze_top)] if pretrained else []
 
 
-main = command("finetune", run)
+main = command("finetune", run, CHECKS)
 
 if __name__ == "__main__":
     main()

@@ -9,14 +9,14 @@ from torch import nn
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
 
-from pretrain.data import DataInfo
+from pretrain.data.module import DataInfo
 from pretrain.encoders import Encoder, Readout
 from pretrain.tasks.base import OptimizerFactory
-from pretrain.tasks.supervised import Supervised
+from pretrain.tasks.classifying import LinearClassification
 
 
-class Classifier(Supervised):
-    """A ``Supervised`` model whose lower encoder blocks can be frozen.
+class Classifier(LinearClassification):
+    """A linear classifier on a (reused) encoder whose lower blocks can be frozen.
 
     The encoder's parameters form their own optimizer group from the start, at the base
     learning rate times ``encoder_lr_factor``; freezing only decides whether they get a
@@ -92,7 +92,3 @@ class Classifier(Supervised):
             return trainer.max_steps
         steps = max(1, trainer.max_epochs * batches // trainer.accumulate_grad_batches)
         return min(steps, trainer.max_steps) if trainer.max_steps > 0 else steps
-
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        super().on_save_checkpoint(checkpoint)
-        checkpoint["pretext_encoder"]["task"] = "finetune"

@@ -1,5 +1,5 @@
 """``eval=knn``: a classifier without training. Each test image takes the class of its nearest labeled
-training images by the encoder's features (``pretrain.callbacks.online_eval``'s k-NN: cosine similarity,
+training images by the encoder's features (``pretrain.run.callbacks.online_eval``'s k-NN: cosine similarity,
 votes weighted by ``exp(similarity / temperature)``)."""
 
 from __future__ import annotations
@@ -8,8 +8,8 @@ import lightning as L
 from torch import Tensor
 from torchmetrics.classification import MulticlassAccuracy
 
-from pretrain.callbacks.online_eval import embed, knn_predict, pooled_features
 from pretrain.encoders import Encoder
+from pretrain.run.callbacks.online_eval import embed, knn_predict, pooled_features
 
 
 class KNNClassifier(L.LightningModule):

@@ -9,13 +9,13 @@ import lightning as L
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from pretrain.cli import command
-from pretrain.encoders import build_encoder
-from pretrain.export import save_encoder
-from pretrain.files import write_json
-from pretrain.resume import check_resumable, checkpoint_to_resume
-from pretrain.trainer import build_trainer
-from pretrain.validate import validate_config
+from pretrain.assemble import assemble
+from pretrain.config.validate import validate_config
+from pretrain.encoder_file.format import save_encoder
+from pretrain.run.cli import command
+from pretrain.run.files import write_json
+from pretrain.run.resume import check_resumable, checkpoint_to_resume
+from pretrain.run.trainer import build_trainer
 
 
 def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
@@ -23,13 +23,8 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     validate_config(cfg, "pretrain")
     checkpoint = checkpoint_to_resume(cfg.resume, run_dir)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
-    # Objects go in after instantiation: Hydra would turn the DataInfo dataclass into a config.
-    make_task = instantiate(cfg.task, _partial_=True)
-    datamodule = instantiate(cfg.data, batches=make_task.func.batches)  # what the task trains on: images or pairs
-    datamodule.setup("fit")
+    datamodule, task = assemble(cfg)
     info = datamodule.info
-    encoder = build_encoder(input_shape=info.input_shape, **OmegaConf.to_container(cfg.backbone, resolve=True))
-    task = make_task(encoder=encoder, optimizer=instantiate(cfg.optimizer), data=info)
     if checkpoint is not None:
         check_resumable(checkpoint, task)
     trainer = build_trainer(cfg.trainer, run_dir, [instantiate(cfg.online_eval)], faults=instantiate(cfg.faults))

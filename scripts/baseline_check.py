@@ -31,9 +31,9 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 import finetune.__main__ as finetune_main  # noqa: E402
-from finetune.report import summarize  # noqa: E402
+from finetune.report.stats import summarize  # noqa: E402
 from pretrain.encoders import build_encoder, readout  # noqa: E402
-from pretrain.files import write_json  # noqa: E402
+from pretrain.run.files import write_json  # noqa: E402
 
 QUIET = ["trainer.enable_progress_bar=false", "trainer.enable_model_summary=false"]
 

@@ -1,6 +1,6 @@
 """SimCLR's augmentation of a batch of 256 images, drawn per image, two ways: torchvision's v2
 transforms applied image by image (the per-image randomness v2 gives), against
-``pretrain.augment.Augment`` on the whole batch. Seconds per batch, best of ``--repeats``.
+``pretrain.data.augment.Augment`` on the whole batch. Seconds per batch, best of ``--repeats``.
 
     python scripts/bench_augment.py  # 28x28 grayscale and 96x96 RGB, on the CPU
 """
@@ -13,7 +13,7 @@ import time
 import torch
 from torchvision.transforms import v2
 
-from pretrain.augment import TRANSFORMS, Augment
+from pretrain.data.augment import TRANSFORMS, Augment
 
 BATCH = 256
 

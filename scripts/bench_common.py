@@ -233,8 +233,8 @@ def plain_fit(
     Returns each epoch's wall seconds."""
     import torch
 
-    from pretrain.data import normalize
-    from pretrain.trainer import skip_gpu_probe_without_gpus
+    from pretrain.data.module import normalize
+    from pretrain.run.trainer import skip_gpu_probe_without_gpus
 
     skip_gpu_probe_without_gpus()  # undo what importing Lightning did to this process, as the pipeline does
     autocast = torch.autocast("cuda", torch.bfloat16, enabled=device != "cpu")

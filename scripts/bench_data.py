@@ -21,7 +21,7 @@ BATCH = 256
 
 
 def data_module():
-    from pretrain.data import ImageDataModule
+    from pretrain.data.module import ImageDataModule
 
     data = ImageDataModule(name="fashion_mnist", root=data_root(), val_size=0, batch_size=BATCH, seed=0)
     data.setup("fit")

@@ -69,30 +69,19 @@ def build(kind: str, argv: list[str]) -> dict[str, Any]:
     import torch
     import torch.nn.functional as F
     from hydra.utils import instantiate
-    from omegaconf import OmegaConf
 
     from finetune.classifier import Classifier
-    from pretrain.encoders import build_encoder
+    from pretrain.assemble import assemble
     from pretrain.tasks.autoencoder import reconstruction_loss
 
     cfg = compose(kind, argv)
     L.seed_everything(cfg.seed, verbose=False)
-    backbone = OmegaConf.to_container(cfg.backbone, resolve=True)
-    if kind == "finetune":
-        data = instantiate(cfg.data)
-        data.setup("fit")
-        model = Classifier(
-            build_encoder(input_shape=data.info.input_shape, **backbone),
-            instantiate(cfg.optimizer),
-            data.info,
-            dropout=cfg.head.dropout,
+    if kind == "finetune":  # the command's classifier from scratch, without its schedule: the plain loop has none
+        data, model = assemble(
+            cfg, lambda encoder, info: Classifier(encoder, instantiate(cfg.optimizer), info, dropout=cfg.head.dropout)
         )
     else:
-        make_task = instantiate(cfg.task, _partial_=True)
-        data = instantiate(cfg.data, batches=make_task.func.batches)
-        data.setup("fit")
-        encoder = build_encoder(input_shape=data.info.input_shape, **backbone)
-        model = make_task(encoder=encoder, optimizer=instantiate(cfg.optimizer), data=data.info)
+        data, model = assemble(cfg)
     if kind in ("supervised", "finetune"):
 
         def loss(x, y):
@@ -108,7 +97,7 @@ def build(kind: str, argv: list[str]) -> dict[str, Any]:
     else:
         raise ValueError(f"no plain loop for {kind}")
     device = "cuda" if cfg.trainer.accelerator in ("gpu", "cuda") else "cpu"
-    if cfg.trainer.channels_last:  # as pretrain.callbacks.ChannelsLast does in the pipeline's run
+    if cfg.trainer.channels_last:  # as pretrain.run.callbacks.ChannelsLast does in the pipeline's run
         model.to(memory_format=torch.channels_last)
     model.to(device).train()
     return {
@@ -187,7 +176,8 @@ def plain_epochs(kind: str, argv: list[str], epochs: int, fabric: bool = False) 
 def bare_lightning_epochs(kind: str, argv: list[str], epochs: int) -> list[float]:
     """The same model and loss under a Trainer with nothing added: no loggers, callbacks, progress bar,
     checkpoints or model summary; deterministic on CPU, as the pipeline's trainer."""
-    from pretrain.data import EpochPermutation, TensorBatches, normalize
+    from pretrain.data.batching import EpochPermutation, TensorBatches
+    from pretrain.data.module import normalize
 
     b = build(kind, argv)
 

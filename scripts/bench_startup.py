@@ -91,7 +91,7 @@ def first_step_child() -> None:
 
     import lightning as L
 
-    import pretrain.trainer
+    import pretrain.run.trainer
 
     stamp, module, argv = Path(sys.argv[1]), sys.argv[2], sys.argv[3:]
 
@@ -100,8 +100,10 @@ def first_step_child() -> None:
             if not stamp.exists():
                 stamp.write_text(repr(time.time()))
 
-    build_trainer = pretrain.trainer.build_trainer  # the command imports it from here when it starts
-    pretrain.trainer.build_trainer = lambda c, d, cb=(), faults=None: build_trainer(c, d, [*cb, FirstStep()], faults)
+    build_trainer = pretrain.run.trainer.build_trainer  # the command imports it from here when it starts
+    pretrain.run.trainer.build_trainer = lambda c, d, cb=(), faults=None: build_trainer(
+        c, d, [*cb, FirstStep()], faults
+    )
     sys.argv = [module, *argv]
     runpy.run_module(module, run_name="__main__", alter_sys=True)
 

@@ -51,7 +51,7 @@ def _write_crops(folder: Path, indices: range, seed: int, sides: tuple[int, int]
 
 def stream_epoch(out: Path) -> tuple[float, int]:
     """One epoch of streamed training batches, flipped and normalized as a training step receives them."""
-    from pretrain.stream import StreamDataModule
+    from pretrain.data.stream import StreamDataModule
 
     dm = StreamDataModule(
         name="stream", root=str(out), image_size=[SIDE, SIDE], num_workers=WORKERS, val_size=0, batch_size=BATCH
@@ -67,7 +67,8 @@ def stream_epoch(out: Path) -> tuple[float, int]:
 
 def memory_epoch(src: Path) -> tuple[float, float, int]:
     """The in-memory path on the same files (data=folder): seconds to decode them all, then one epoch as above."""
-    from pretrain.data import ImageDataModule, load_source
+    from pretrain.data.module import ImageDataModule
+    from pretrain.data.sources import load_source
 
     load_source.cache_clear()
     start = time.perf_counter()
@@ -83,7 +84,7 @@ def memory_epoch(src: Path) -> tuple[float, float, int]:
 
 
 def _flip(x):
-    from pretrain.augment import Augment
+    from pretrain.data.augment import Augment
 
     return Augment(hflip=True)(x)  # a flip only moves pixels: the 0..255 floats stay as they are
 
@@ -94,7 +95,7 @@ def imagefolder_epoch(src: Path) -> tuple[float, int]:
     from torchvision.datasets import ImageFolder
     from torchvision.transforms import v2
 
-    from pretrain.data import normalize
+    from pretrain.data.module import normalize
 
     transform = v2.Compose([v2.PILToTensor(), v2.Resize([SIDE, SIDE], antialias=True)])
     loader = torch.utils.data.DataLoader(
@@ -142,7 +143,7 @@ def ddp_check(out: Path, folder: Path) -> str:
 
 
 def figures(args: argparse.Namespace, root: Path) -> list[Figure]:
-    from pretrain.prepare import prepare
+    from pretrain.data.prepare import prepare
 
     sizes = [200, 400] if args.tiny else [int(n) for n in args.stream_sizes.split(",")]
     rows: dict[str, list] = {k: [] for k in ("prep", "first", "rss", "stream", "folder", "memory", "decode", "ddp")}

@@ -33,7 +33,7 @@ sys.path.insert(0, str(REPO))
 
 import finetune.__main__ as finetune_main  # noqa: E402
 import pretrain.__main__ as pretrain_main  # noqa: E402
-from pretrain.files import write_json, write_text  # noqa: E402
+from pretrain.run.files import write_json, write_text  # noqa: E402
 
 QUIET = ["trainer.enable_progress_bar=false", "trainer.enable_model_summary=false"]
 FASHION_PAIRS = {"sandal vs shirt": "[sandal,shirt]", "pullover vs coat": "[pullover,coat]"}

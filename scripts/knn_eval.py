@@ -1,7 +1,7 @@
 """k-NN accuracy of frozen features: encoder files beside the floors every one is compared against,
 raw pixels and the same backbone untrained.
 
-The measure of ``val/knn_acc`` (pretrain/callbacks/online_eval.py, the same functions): k=20
+The measure of ``val/knn_acc`` (pretrain/run/callbacks/online_eval.py, the same functions): k=20
 nearest training images by cosine similarity of the pooled features, votes weighted by
 exp(similarity / 0.07), here with every image of the training split as the bank, scored on the
 official test split. Every encoder sees the images normalized as it was trained; the floors see
@@ -25,10 +25,11 @@ from torch import nn
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from pretrain.callbacks.online_eval import knn_predict, pooled_features  # noqa: E402
-from pretrain.data import channel_stats, load_source, normalize  # noqa: E402
+from pretrain.data.module import channel_stats, normalize  # noqa: E402
+from pretrain.data.sources import load_source  # noqa: E402
+from pretrain.encoder_file.format import load_encoder  # noqa: E402
 from pretrain.encoders import build_encoder  # noqa: E402
-from pretrain.export import load_encoder  # noqa: E402
+from pretrain.run.callbacks.online_eval import knn_predict, pooled_features  # noqa: E402
 
 
 def main() -> None:

@@ -13,7 +13,7 @@ import sys
 import lightning as L
 import torch
 
-import pretrain.trainer
+import pretrain.run.trainer
 
 
 class SignalAt(L.Callback):
@@ -42,9 +42,9 @@ class DiskFullAt(L.Callback):
 
 if __name__ == "__main__":
     step, name, *overrides = sys.argv[1:]
-    build = pretrain.trainer.build_trainer
+    build = pretrain.run.trainer.build_trainer
     callback = DiskFullAt(int(step)) if name == "ENOSPC" else SignalAt(int(step), getattr(signal, name))
-    pretrain.trainer.build_trainer = lambda cfg, run_dir, callbacks=(), faults=None: build(
+    pretrain.run.trainer.build_trainer = lambda cfg, run_dir, callbacks=(), faults=None: build(
         cfg, run_dir, [*callbacks, callback], faults=faults
     )
     sys.argv = ["pretrain", *overrides]

@@ -10,8 +10,8 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-import pretrain.stream
-from pretrain.stream import StreamDataModule, open_prepared
+import pretrain.data.stream
+from pretrain.data.stream import StreamDataModule, open_prepared
 
 
 class FakeTrainer:
@@ -25,7 +25,7 @@ def path_of(self, item: dict) -> tuple[str, int]:
 
 def probe(rank: int, root: str, out: str) -> None:
     dist.init_process_group("gloo", init_method="tcp://127.0.0.1:29517", rank=rank, world_size=2)
-    pretrain.stream.Decode.__call__ = path_of  # in this process: the loaders have no worker processes
+    pretrain.data.stream.Decode.__call__ = path_of  # in this process: the loaders have no worker processes
     dm = StreamDataModule(name="stream", root=root, num_workers=0, val_size=0.1, batch_size=8, image_size=[8, 8])
     dm.trainer = FakeTrainer(rank)
     dm.setup("fit")

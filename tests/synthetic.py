@@ -8,7 +8,8 @@ import lightning as L
 import torch
 from torch import Tensor
 
-from pretrain.data import DataInfo, EpochPairs, EpochPermutation, PairBatches, TensorBatches
+from pretrain.data.batching import EpochPairs, EpochPermutation, PairBatches, TensorBatches
+from pretrain.data.module import DataInfo
 from pretrain.encoders import build_encoder
 
 SHAPE = (1, 16, 16)

@@ -11,7 +11,7 @@ from conftest import QUIET, make_config
 from torchvision.transforms.v2 import functional as TF
 
 import pretrain.__main__ as pretrain_main
-from pretrain.augment import (
+from pretrain.data.augment import (
     TRANSFORMS,
     Augment,
     adjust_brightness,
@@ -21,7 +21,8 @@ from pretrain.augment import (
     gaussian_blur,
     rotate_hue,
 )
-from pretrain.data import DataError, ImageDataModule
+from pretrain.data.images import DataError
+from pretrain.data.module import ImageDataModule
 
 EVERY = {name: {} for name in TRANSFORMS}
 

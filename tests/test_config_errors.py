@@ -18,12 +18,13 @@ from omegaconf import OmegaConf, open_dict
 
 import finetune.__main__ as finetune_main
 import pretrain.__main__ as pretrain_main
-from pretrain.cli import run_command
-from pretrain.data import DataError
+from finetune.checks import CHECKS
+from pretrain.config.typecheck import fits
+from pretrain.config.validate import NO_CHECKS, ConfigError, validate_config
+from pretrain.data.images import DataError
+from pretrain.encoder_file.format import EncoderFileError, save_encoder
 from pretrain.encoders import EncoderError, build_encoder
-from pretrain.export import EncoderFileError, save_encoder
-from pretrain.typecheck import fits
-from pretrain.validate import ConfigError, validate_config
+from pretrain.run.cli import run_command
 
 BAD_CONFIGS = [
     ("pretrain", ["+sede=3"], r"unknown key 'sede' \(did you mean 'seed'\?\)"),
@@ -117,10 +118,13 @@ BAD_CONFIGS = [
 ]
 
 
+OWN = {"pretrain": NO_CHECKS, "finetune": CHECKS}  # each command's own checks
+
+
 @pytest.mark.parametrize("name,overrides,message", BAD_CONFIGS)
 def test_bad_config_values_are_named_with_the_fix(name, overrides, message):
     with pytest.raises(ConfigError, match=message):
-        validate_config(make_config(name, overrides), name)
+        validate_config(make_config(name, overrides), name, OWN[name])
 
 
 def test_every_problem_is_in_the_one_message():
@@ -139,17 +143,17 @@ def test_the_shipped_configs_are_valid():
     ):
         validate_config(make_config("pretrain", overrides), "pretrain")
     validate_config(
-        make_config("finetune", ["encoder=e.safetensors", "backbone=resnet18", "augment=strong"]), "finetune"
+        make_config("finetune", ["encoder=e.safetensors", "backbone=resnet18", "augment=strong"]), "finetune", CHECKS
     )
-    validate_config(make_config("finetune", ["trainer=ddp", "experiment=fashion_transfer"]), "finetune")
+    validate_config(make_config("finetune", ["trainer=ddp", "experiment=fashion_transfer"]), "finetune", CHECKS)
     # A from-scratch run reuses nothing, so a schedule past its last epoch does not concern it.
-    validate_config(make_config("finetune", ["trainer.max_epochs=2"]), "finetune")
+    validate_config(make_config("finetune", ["trainer.max_epochs=2"]), "finetune", CHECKS)
 
 
 @pytest.mark.parametrize("name", ["pretrain", "finetune"])
 def test_the_quick_preset_shortens_any_run(name):
     cfg = make_config(name, ["debug=quick", "trainer.max_epochs=3"])  # the command line still has the last word
-    validate_config(cfg, name)
+    validate_config(cfg, name, OWN[name])
     assert (cfg.trainer.max_epochs, cfg.trainer.limit_train_batches, cfg.trainer.limit_val_batches) == (3, 10, 2)
 
 
@@ -395,7 +399,7 @@ TYPOS = [
     (
         pretrain_main,
         ["data.batchsize=32"],
-        "invalid configuration:\n  data.batchsize is not an option of pretrain.data.ImageDataModule "
+        "invalid configuration:\n  data.batchsize is not an option of pretrain.data.module.ImageDataModule "
         "(did you mean 'batch_size'?)",
     ),
     (pretrain_main, ["optimzer=sgd"], "invalid configuration:\n  unknown key 'optimzer' (did you mean 'optimizer'?)"),
@@ -446,7 +450,7 @@ def test_a_typo_on_the_command_line(tmp_path):
     assert out.returncode == 2 and list(tmp_path.iterdir()) == []
     assert out.stderr == (
         "error: invalid configuration:\n"
-        "  data.batchsize is not an option of pretrain.data.ImageDataModule (did you mean 'batch_size'?)\n"
+        "  data.batchsize is not an option of pretrain.data.module.ImageDataModule (did you mean 'batch_size'?)\n"
     )
 
 

@@ -1,5 +1,5 @@
 """Generated malformed configs: each one is refused with a clear error (Hydra's own, or one the
-command prints in one line: ``pretrain.cli``), never a traceback from inside torch or Lightning.
+command prints in one line: ``pretrain.run.cli``), never a traceback from inside torch or Lightning.
 A generated config that passes the checks must run (one batch, ``fast_dev_run``)."""
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 import finetune.__main__ as finetune_main
 import pretrain.__main__ as pretrain_main
-from pretrain.cli import _reported
+from pretrain.run.cli import _reported
 
 LEAVES = {
     "pretrain": [

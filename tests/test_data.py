@@ -7,16 +7,11 @@ import math
 import pytest
 import torch
 
-from pretrain.augment import Augment
-from pretrain.data import (
-    DataError,
-    EpochPermutation,
-    ImageDataModule,
-    TensorBatches,
-    channel_stats,
-    load_source,
-    normalize,
-)
+from pretrain.data.augment import Augment
+from pretrain.data.batching import EpochPermutation, TensorBatches
+from pretrain.data.images import DataError
+from pretrain.data.module import ImageDataModule, channel_stats, normalize
+from pretrain.data.sources import load_source
 
 
 def setup(**kw) -> ImageDataModule:

@@ -15,9 +15,9 @@ from omegaconf import OmegaConf
 from safetensors import safe_open
 from safetensors.torch import load_file
 
+from pretrain.encoder_file.format import EncoderFileError, load_encoder, save_encoder
 from pretrain.encoders import build_encoder
-from pretrain.export import EncoderFileError, load_encoder, save_encoder
-from pretrain.files import AtomicCheckpointIO, atomic_write, write_json
+from pretrain.run.files import AtomicCheckpointIO, atomic_write, write_json
 
 
 def write(path, arch="cnn", shape=(1, 8, 8), **options):
@@ -48,7 +48,7 @@ def test_round_trip_is_bit_identical_in_a_fresh_process(tmp_path, arch, shape):
     torch.save(x, tmp_path / "x.pt")
     torch.save(encoder(x).detach(), tmp_path / "y.pt")
     code = (
-        "import sys, torch; from pretrain.export import load_encoder;"
+        "import sys, torch; from pretrain.encoder_file.format import load_encoder;"
         f"e = load_encoder(r'{path}').encoder; x = torch.load(r'{tmp_path / 'x.pt'}');"
         f"y = torch.load(r'{tmp_path / 'y.pt'}'); sys.exit(0 if torch.equal(e(x), y) else 3)"
     )

@@ -25,15 +25,9 @@ from hypothesis import strategies as st
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from pretrain.encoder_file.checkpoint import export_checkpoint
+from pretrain.encoder_file.format import MAX_HEADER_BYTES, METADATA_KEY, EncoderFileError, load_encoder, save_encoder
 from pretrain.encoders import BACKBONES, build_encoder
-from pretrain.export import (
-    MAX_HEADER_BYTES,
-    METADATA_KEY,
-    EncoderFileError,
-    export_checkpoint,
-    load_encoder,
-    save_encoder,
-)
 
 
 class Touch:

@@ -23,14 +23,14 @@ from omegaconf import OmegaConf, open_dict
 from safetensors.torch import load_file
 
 import pretrain.__main__ as pretrain_main
-from pretrain.callbacks.finite_loss import FiniteLossGuard, NonFiniteLossError
-from pretrain.callbacks.last_checkpoint import LastCheckpoint
-from pretrain.callbacks.random_state import collect, restore
-from pretrain.data import EpochPermutation, TensorBatches
-from pretrain.files import AtomicCheckpointIO, NoSpaceError, remove_stale_temporaries
-from pretrain.resume import check_resumable, checkpoint_to_resume, resumed_config
-from pretrain.trainer import build_trainer
-from pretrain.validate import ConfigError
+from pretrain.config.validate import ConfigError
+from pretrain.data.batching import EpochPermutation, TensorBatches
+from pretrain.run.callbacks.finite_loss import FiniteLossGuard, NonFiniteLossError
+from pretrain.run.callbacks.last_checkpoint import LastCheckpoint
+from pretrain.run.callbacks.random_state import collect, restore
+from pretrain.run.files import AtomicCheckpointIO, NoSpaceError, remove_stale_temporaries
+from pretrain.run.resume import check_resumable, checkpoint_to_resume, resumed_config
+from pretrain.run.trainer import build_trainer
 
 # 3 epochs of 19 steps; augmentation and dropout draw random numbers every step, so a resumed
 # run matches only if it restores the data position and the random state exactly.
@@ -407,8 +407,8 @@ def test_resume_names_what_is_wrong(tmp_path):
 def test_finetuning_resumed_after_the_unfreeze_matches(tmp_path, monkeypatch):
     """Mid-epoch resume skips that epoch's start: the freeze schedule must still be the epoch's."""
     import finetune.__main__ as finetune_main
+    from pretrain.encoder_file.format import save_encoder
     from pretrain.encoders import build_encoder
-    from pretrain.export import save_encoder
 
     torch.manual_seed(0)
     encoder = tmp_path / "e.safetensors"

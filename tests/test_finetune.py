@@ -16,7 +16,7 @@ from synthetic import trainer
 from finetune.classifier import Classifier
 from finetune.lr_schedule import cosine
 from finetune.schedule import FreezeSchedule
-from pretrain.data import ImageDataModule
+from pretrain.data.module import ImageDataModule
 from pretrain.encoders import build_encoder
 
 

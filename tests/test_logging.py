@@ -11,7 +11,7 @@ from lightning.pytorch.loggers import CSVLogger
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from pretrain.callbacks.grad_norm import GradNormMonitor
+from pretrain.run.callbacks.grad_norm import GradNormMonitor
 from pretrain.tasks.base import PretextTask
 
 

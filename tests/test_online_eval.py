@@ -13,12 +13,12 @@ from conftest import make_config
 from lightning.pytorch.plugins.precision import Precision
 from synthetic import ADAM, snapshot, trainer
 
-import pretrain.callbacks.online_eval as online_eval
-from pretrain.callbacks.online_eval import OnlineEval, embed, knn_predict, probe_predict
-from pretrain.data import ImageDataModule
+import pretrain.run.callbacks.online_eval as online_eval
+from pretrain.config.validate import ConfigError, validate_config
+from pretrain.data.module import ImageDataModule
 from pretrain.encoders import build_encoder
+from pretrain.run.callbacks.online_eval import OnlineEval, embed, knn_predict, probe_predict
 from pretrain.tasks.autoencoder import Autoencoder
-from pretrain.validate import ConfigError, validate_config
 
 
 def clusters(per_class: int = 20, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:

@@ -16,7 +16,7 @@ from safetensors.torch import load_file
 
 import finetune.__main__ as finetune_main
 import pretrain.__main__ as pretrain_main
-from pretrain.export import load_encoder
+from pretrain.encoder_file.format import load_encoder
 
 
 @pytest.mark.slow

@@ -8,9 +8,9 @@ import sys
 import pytest
 import torch
 
+from pretrain.encoder_file.format import load_encoder, save_encoder
+from pretrain.encoder_file.portable import portable
 from pretrain.encoders import build_encoder
-from pretrain.export import load_encoder, save_encoder
-from pretrain.portable import portable
 
 ARCHS = {
     "cnn": ((1, 12, 12), {"channels": [4, 8]}),

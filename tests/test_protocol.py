@@ -17,13 +17,18 @@ from safetensors.torch import load_file
 from test_report import T975, results
 
 import finetune.__main__ as finetune_main
-from finetune import protocol_report, report
-from pretrain.callbacks.online_eval import knn_predict, pooled_features
-from pretrain.data import DataError, ImageDataModule
+from finetune.checks import CHECKS
+from finetune.report import protocol
+from finetune.report.command import main, make_report, view
+from finetune.report.render import markdown
+from finetune.report.stats import paired_p_value
+from pretrain.config.validate import ConfigError, validate_config
+from pretrain.data.images import DataError
+from pretrain.data.module import ImageDataModule
+from pretrain.encoder_file.format import save_encoder
 from pretrain.encoders import build_encoder
-from pretrain.export import save_encoder
-from pretrain.files import write_json
-from pretrain.validate import ConfigError, validate_config
+from pretrain.run.callbacks.online_eval import knn_predict, pooled_features
+from pretrain.run.files import write_json
 
 PER_CLASS = ["data.label_budget=null", "data.labels_per_class=5"]
 
@@ -67,7 +72,7 @@ def test_labels_per_class_is_exactly_that_many_of_every_class():
 )
 def test_bad_protocol_values_are_named_with_the_fix(overrides, message):
     with pytest.raises(ConfigError, match="invalid configuration:\n  ") as err:
-        validate_config(make_config("finetune", overrides), "finetune")
+        validate_config(make_config("finetune", overrides), "finetune", CHECKS)
     assert str(err.value) == f"invalid configuration:\n  {message}"
 
 
@@ -75,10 +80,10 @@ def test_a_probe_or_knn_has_no_unfreeze_epoch_to_check():
     """schedule.unfreeze_epoch past the last epoch is refused for fine-tuning only: nothing unfreezes otherwise."""
     late = ["encoder=e.safetensors", "trainer.max_epochs=2", "schedule.unfreeze_epoch=5"]
     for mode in ("probe", "knn"):
-        validate_config(make_config("finetune", [*late, f"eval={mode}"]), "finetune")
+        validate_config(make_config("finetune", [*late, f"eval={mode}"]), "finetune", CHECKS)
     with pytest.raises(ConfigError, match="schedule.unfreeze_epoch=5 is not before the last epoch"):
-        validate_config(make_config("finetune", late), "finetune")
-    validate_config(make_config("finetune", ["experiment=protocol", "encoder=e.safetensors"]), "finetune")
+        validate_config(make_config("finetune", late), "finetune", CHECKS)
+    validate_config(make_config("finetune", ["experiment=protocol", "encoder=e.safetensors"]), "finetune", CHECKS)
 
 
 def test_both_budgets_on_the_command_line_exit_2_with_one_message(tmp_path, monkeypatch, capsys):
@@ -184,7 +189,7 @@ def protocol_sweep(folder):
 
 def test_the_report_of_a_protocol_sweep_pairs_by_mode_labels_and_seed(tmp_path, capsys):
     sweep = protocol_sweep(tmp_path / "sweep")
-    assert report.main([str(sweep), "--min-seeds", "3"]) == 0
+    assert main([str(sweep), "--min-seeds", "3"]) == 0
     printed = capsys.readouterr().out
     table = (sweep / "report.md").read_text()
     assert table in printed
@@ -212,7 +217,7 @@ def test_the_report_of_a_protocol_sweep_pairs_by_mode_labels_and_seed(tmp_path, 
     rows = {(r["eval"], r["labels_per_class"], r["configuration"].split(",")[0]): r for r in _csv(sweep / "report.csv")}
     row = rows["knn", "1", "autoencoder"]
     assert row["baseline"].startswith("random weights") and float(row["diff_mean"]) == pytest.approx(0.10)
-    assert float(row["p_value"]) == pytest.approx(report.paired_p_value([0.10, 0.09, 0.11]))
+    assert float(row["p_value"]) == pytest.approx(paired_p_value([0.10, 0.09, 0.11]))
     assert rows["finetune", "10", "scratch"]["baseline"] == ""
 
 
@@ -222,13 +227,13 @@ def _csv(path):
 
 
 def test_one_budget_and_one_mode_is_the_usual_report(tmp_path):
-    runs = report.make_report([protocol_sweep(tmp_path / "sweep")])
-    assert protocol_report.is_protocol(runs)
+    runs = make_report([protocol_sweep(tmp_path / "sweep")])
+    assert protocol.is_protocol(runs)
     runs.configurations = [
         c for c in runs.configurations if c.runs[0].eval == "knn" and c.runs[0].labels_per_class == 1
     ]
-    assert not protocol_report.is_protocol(runs)
-    assert report.view(runs)[0] is report.markdown
+    assert not protocol.is_protocol(runs)
+    assert view(runs)[0] is markdown
 
 
 def test_an_encoder_without_a_baseline_and_a_missing_budget_are_shown(tmp_path):
@@ -237,7 +242,7 @@ def test_an_encoder_without_a_baseline_and_a_missing_budget_are_shown(tmp_path):
         run = json.loads(path.read_text())
         if run["eval"] == "finetune" and run["labels_per_class"] == 10 and run["encoder_sha256"] is None:
             path.unlink()
-    table = protocol_report.markdown(report.make_report([sweep]))
+    table = protocol.markdown(make_report([sweep]))
     assert f"| finetune | scratch | {100 * sum(ACC['finetune', 1, None]) / 3:.2f} [" in table
     assert table.split("| finetune | scratch |")[1].split("\n")[0].endswith(" |  |")  # nothing at 10 per class
     assert table.split("| finetune | autoencoder |")[-1].split("\n")[0].endswith(" | no baseline |")

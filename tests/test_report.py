@@ -8,8 +8,11 @@ import math
 
 import pytest
 
-from finetune import report as rp
-from pretrain.files import write_json
+from finetune.report.collect import read_runs
+from finetune.report.command import main, make_report
+from finetune.report.group import Configuration, Report, build_report
+from finetune.report.render import markdown
+from pretrain.run.files import write_json
 
 MLP = {"arch": "mlp", "input_shape": [1, 8, 8], "options": {"widths": [16]}, "depth": 1}
 CONFIG = {
@@ -65,12 +68,12 @@ def study(tmp_path):
     return tmp_path / "sweep"
 
 
-def by_label(report: rp.Report) -> dict[str, rp.Configuration]:
+def by_label(report: Report) -> dict[str, Configuration]:
     return {c.label: c for c in report.configurations}
 
 
 def test_statistics_equal_hand_computed_values(tmp_path):
-    report = rp.make_report([study(tmp_path)])
+    report = make_report([study(tmp_path)])
     configs = by_label(report)
     assert list(configs) == ["scratch", "autoencoder"]
     scratch, pre = configs["scratch"], configs["autoencoder"]
@@ -94,7 +97,7 @@ def test_statistics_equal_hand_computed_values(tmp_path):
     t = d_mean / (d_std / math.sqrt(3))
     assert pre.p_value == pytest.approx(1 - t / math.sqrt(2 + t * t))
 
-    table = rp.markdown(report)
+    table = markdown(report)
     assert f"| scratch | 3 | {100 * mean:.2f} | {100 * std:.2f} | [{100 * (mean - half):.2f}," in table
     assert f"| {100 * d_mean:+.2f} | [{100 * (d_mean - d_half):+.2f}, {100 * (d_mean + d_half):+.2f}] |" in table
     assert "| autoencoder | +6.00 | +1.00 | +5.00 |" in table  # the per-seed differences
@@ -103,17 +106,17 @@ def test_statistics_equal_hand_computed_values(tmp_path):
 
 def test_one_pair_has_no_interval_and_two_pairs_use_the_t_table(tmp_path):
     runs = [results(0, 0.8), results(1, 0.9), results(0, 0.85, "/e", "aa"), results(1, 0.90, "/e", "aa")]
-    report = rp.build_report(rp.read_runs(_files(tmp_path, runs), "test_acc")[0], "test_acc")
+    report = build_report(read_runs(_files(tmp_path, runs), "test_acc")[0], "test_acc")
     pre = by_label(report)["autoencoder"]
     d_mean, d_std = 0.025, math.sqrt(2 * 0.025**2)  # differences 0.05 and 0.00
     half = T975[1] * d_std / math.sqrt(2)
     assert (pre.diff.ci_low, pre.diff.ci_high) == (pytest.approx(d_mean - half), pytest.approx(d_mean + half))
     t = d_mean / (d_std / math.sqrt(2))
     assert pre.p_value == pytest.approx(1 - 2 * math.atan(t) / math.pi)  # 1 degree of freedom: Cauchy
-    single = rp.build_report(rp.read_runs(_files(tmp_path / "b", runs[:1]), "test_acc")[0], "test_acc")
+    single = build_report(read_runs(_files(tmp_path / "b", runs[:1]), "test_acc")[0], "test_acc")
     s = single.configurations[0].summary
     assert s.n == 1 and math.isnan(s.std) and math.isnan(s.ci_low)
-    assert "| scratch | 1 | 80.00 | n/a | n/a |" in rp.markdown(single)
+    assert "| scratch | 1 | 80.00 | n/a | n/a |" in markdown(single)
     assert any("only 1 seed(s)" in w for w in single.warnings)
 
 
@@ -133,7 +136,7 @@ def test_what_makes_a_configuration(tmp_path):
         results(0, 0.9, "/a/enc.safetensors", "aa", **{"schedule.unfreeze_epoch": 2}),
         results(0, 0.7, **{"optimizer.lr": 0.01}),
     ]
-    report = rp.build_report(rp.read_runs(_files(tmp_path, runs), "test_acc")[0], "test_acc")
+    report = build_report(read_runs(_files(tmp_path, runs), "test_acc")[0], "test_acc")
     sizes = {c.label: len(c.runs) for c in report.configurations}
     assert sizes == {
         "scratch, optimizer.lr=0.003": 3,
@@ -146,14 +149,14 @@ def test_what_makes_a_configuration(tmp_path):
         if c.pretrained:
             assert c.baseline.label == "scratch, optimizer.lr=0.003"
     # --ignore pools a key the user does not want to split on
-    pooled_runs = rp.read_runs(sorted(tmp_path.rglob("results.json")), "test_acc", ["optimizer"])[0]
-    pooled = rp.build_report(pooled_runs, "test_acc")
+    pooled_runs = read_runs(sorted(tmp_path.rglob("results.json")), "test_acc", ["optimizer"])[0]
+    pooled = build_report(pooled_runs, "test_acc")
     assert {c.label: len(c.runs) for c in pooled.configurations if not c.pretrained} == {"scratch": 4}
 
 
 def test_no_matching_baseline_says_what_differs(tmp_path):
     runs = [results(0, 0.8, **{"trainer.max_epochs": 30}), results(0, 0.9, "/a/enc.safetensors", "aa")]
-    report = rp.build_report(rp.read_runs(_files(tmp_path, runs), "test_acc")[0], "test_acc")
+    report = build_report(read_runs(_files(tmp_path, runs), "test_acc")[0], "test_acc")
     pre = by_label(report)["autoencoder, trainer.max_epochs=20"]
     assert pre.baseline is None and pre.diff is None
     [warning] = [w for w in report.warnings if "no from-scratch baseline" in w]
@@ -169,7 +172,7 @@ def test_missing_and_corrupt_results_are_named_and_the_others_reported(tmp_path)
     (sweep / "9" / "finetune.log").write_text("Traceback ...\n")
     write_json(sweep / "7" / "results.json", {"kind": "pretrain", "seed": 0, "metrics": {}})
 
-    report = rp.make_report([sweep, tmp_path / "nowhere"])
+    report = make_report([sweep, tmp_path / "nowhere"])
     assert {c.label: len(c.runs) for c in report.configurations} == {"scratch": 1, "autoencoder": 3}
     problems = "\n".join(report.problems)
     assert f"{sweep / '1' / 'results.json'}: corrupt" in problems
@@ -177,12 +180,12 @@ def test_missing_and_corrupt_results_are_named_and_the_others_reported(tmp_path)
     assert f"{sweep / '9' / 'results.json'}: missing" in problems and str(sweep / "9" / "finetune.log") in problems
     assert f"{tmp_path / 'nowhere'}: no such file or folder" in problems
     assert report.skipped == 1 and len(report.problems) == 4
-    assert str(sweep / "9" / "results.json") in rp.markdown(report)
+    assert str(sweep / "9" / "results.json") in markdown(report)
 
 
 def test_command_writes_markdown_csv_and_plot(tmp_path, capsys):
     sweep = study(tmp_path)
-    assert rp.main([str(sweep), "--out", str(tmp_path / "out")]) == 0
+    assert main([str(sweep), "--out", str(tmp_path / "out")]) == 0
     printed = capsys.readouterr().out
     out = tmp_path / "out"
     assert (out / "report.md").read_text() in printed
@@ -194,13 +197,13 @@ def test_command_writes_markdown_csv_and_plot(tmp_path, capsys):
     assert len(per_run) == 6 and {r["seed"] for r in per_run} == {"0", "1", "2"}
     assert not list(out.glob(".*.tmp"))  # written atomically
 
-    assert rp.main([str(tmp_path / "empty")]) == 2  # bad input, as everywhere
+    assert main([str(tmp_path / "empty")]) == 2  # bad input, as everywhere
     assert "no fine-tuning results" in capsys.readouterr().err
 
 
 def test_duplicate_seeds_count_once(tmp_path):
     runs = [results(0, 0.8), results(0, 0.9), results(1, 0.7)]
-    report = rp.build_report(rp.read_runs(_files(tmp_path, runs), "test_acc")[0], "test_acc")
+    report = build_report(read_runs(_files(tmp_path, runs), "test_acc")[0], "test_acc")
     c = report.configurations[0]
     assert c.by_seed == {0: pytest.approx(0.85), 1: 0.7} and c.summary.n == 2
     assert any("seed 0 was run 2 times" in w for w in report.warnings)
@@ -208,7 +211,7 @@ def test_duplicate_seeds_count_once(tmp_path):
 
 def test_an_unknown_metric_is_one_error_that_lists_the_metrics(tmp_path, capsys):
     sweep = study(tmp_path)
-    assert rp.main([str(sweep), "--metric", "f1"]) == 2
+    assert main([str(sweep), "--metric", "f1"]) == 2
     captured = capsys.readouterr()
     assert (
         captured.err == "error: unknown metric 'f1': the results have test_acc, test_loss; choose one with --metric\n"
@@ -217,7 +220,7 @@ def test_an_unknown_metric_is_one_error_that_lists_the_metrics(tmp_path, capsys)
     # A metric that some results have: the others are left out, each named.
     write_json(sweep / "0" / "results.json", {**results(0, 0.8), "f1": 0.7})
     write_json(sweep / "1" / "results.json", {**results(1, 0.8), "f1": 0.75})
-    report = rp.make_report([sweep], "f1")
+    report = make_report([sweep], "f1")
     assert [len(c.runs) for c in report.configurations] == [2]
     assert f"{sweep / '2' / 'results.json'}: no f1 in it" in report.problems and len(report.problems) == 4
 
@@ -230,7 +233,7 @@ def test_strings_from_results_cannot_break_the_report_or_the_terminal(tmp_path, 
     write_runs(tmp_path / "sweep", runs)
     (tmp_path / "sweep" / "9\x1b[31m\n# Folder").mkdir()  # a folder name is read from a file system
     (tmp_path / "sweep" / "9\x1b[31m\n# Folder" / "results.json").write_text("{")
-    assert rp.main([str(tmp_path / "sweep")]) == 0
+    assert main([str(tmp_path / "sweep")]) == 0
     captured = capsys.readouterr()
     md = (tmp_path / "sweep" / "report.md").read_text()
     for text in (md, captured.out, captured.err):

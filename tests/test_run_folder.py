@@ -17,11 +17,11 @@ import yaml
 from conftest import QUIET, REPO, hydra_command
 
 import pretrain.__main__ as pretrain_main
-from pretrain.run_folder import LOCK, RunFolderError, hold, release
+from pretrain.run.run_folder import LOCK, RunFolderError, hold, release
 
 ENV = {**os.environ, "PYTHONPATH": str(REPO)}
 HOLDER = (
-    "import sys; from pathlib import Path; from pretrain.run_folder import hold; "
+    "import sys; from pathlib import Path; from pretrain.run.run_folder import hold; "
     "hold(Path(sys.argv[1]), new_run=True); print('held', flush=True); sys.stdin.read()"
 )
 

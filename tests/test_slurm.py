@@ -26,8 +26,8 @@ from test_sweeps import hydra_command, subprocess_env
 import pretrain.__main__ as pretrain_main
 from hydra_plugins.pretext_sweeper.slurm_launcher import SlurmLauncher, job_states
 from hydra_plugins.pretext_sweeper.tolerant_sweeper import describe_failure
-from pretrain.faults import FaultTolerance
-from pretrain.resume import checkpoint_to_resume, finished_before_restart
+from pretrain.run.faults import FaultTolerance
+from pretrain.run.resume import checkpoint_to_resume, finished_before_restart
 
 LAUNCHER = [
     "hydra/launcher=slurm",

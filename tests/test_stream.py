@@ -19,9 +19,10 @@ from synthetic import image_folder
 
 import finetune.__main__ as finetune_main
 import pretrain.__main__ as pretrain_main
-from pretrain.data import DataError, ImageDataModule
-from pretrain.prepare import prepare
-from pretrain.stream import StreamDataModule, open_prepared
+from pretrain.data.images import DataError
+from pretrain.data.module import ImageDataModule
+from pretrain.data.prepare import prepare
+from pretrain.data.stream import StreamDataModule, open_prepared
 
 pytestmark = pytest.mark.slow
 SIZE = (12, 10)

@@ -19,13 +19,13 @@ from omegaconf import OmegaConf
 from tensorboard.backend.event_processing.event_multiplexer import EventMultiplexer
 
 import finetune.__main__ as finetune_main
-from finetune.report import make_report
+from finetune.report.command import make_report
 from hydra_plugins.pretext_sweeper.tolerant_sweeper import config_groups, runs_to_compose
-from pretrain.callbacks.channels_last import ChannelsLast
+from pretrain.encoder_file.format import save_encoder
 from pretrain.encoders import build_encoder
-from pretrain.export import save_encoder
-from pretrain.hydra_ddp import job_argv
-from pretrain.trainer import build_trainer, resolve_precision, skip_gpu_probe_without_gpus
+from pretrain.run.callbacks.channels_last import ChannelsLast
+from pretrain.run.hydra_ddp import job_argv
+from pretrain.run.trainer import build_trainer, resolve_precision, skip_gpu_probe_without_gpus
 
 T975_1 = 12.706204736174698  # Student's t, 97.5% quantile, 1 degree of freedom
 

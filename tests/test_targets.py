@@ -21,9 +21,9 @@ from omegaconf import OmegaConf
 
 import finetune.__main__ as finetune_main
 import pretrain.__main__ as pretrain_main
-from pretrain.resume import resumed_config
-from pretrain.targets import declared_targets, dotted
-from pretrain.validate import ConfigError, validate_config
+from pretrain.config.targets import declared_targets, dotted
+from pretrain.config.validate import ConfigError, validate_config
+from pretrain.run.resume import resumed_config
 
 RUNS = {"pretrain": pretrain_main.run, "finetune": finetune_main.run}
 # Real configs of each command; the GAN adds a nested mapping (task.optimizer_args) and a list in it.
@@ -124,8 +124,8 @@ def test_the_declared_targets_are_the_group_files_own():
     declared = declared_targets()
     assert declared[("optimizer",)] >= {"torch.optim.Adam", "torch.optim.SGD"}
     assert "pretrain.tasks.gan.GAN" in declared[("task",)] and declared[("data",)] == {
-        "pretrain.data.ImageDataModule",
-        "pretrain.stream.StreamDataModule",
+        "pretrain.data.module.ImageDataModule",
+        "pretrain.data.stream.StreamDataModule",
     }
     groups = ("data", "task", "optimizer", "lr_schedule", "trainer", "faults", "online_eval", "hydra")
     assert not [at for at in declared if at[0] not in groups]

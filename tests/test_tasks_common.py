@@ -8,8 +8,8 @@ import torch
 import torch.nn.functional as F
 from synthetic import ADAM, encoder, images, info, loader, snapshot, trainer
 
-from pretrain.callbacks.channels_last import ChannelsLast
-from pretrain.export import load_encoder, save_encoder
+from pretrain.encoder_file.format import load_encoder, save_encoder
+from pretrain.run.callbacks.channels_last import ChannelsLast
 from pretrain.tasks.autoencoder import Autoencoder
 from pretrain.tasks.contrastive import Contrastive
 from pretrain.tasks.gan import GAN

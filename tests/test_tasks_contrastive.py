@@ -16,7 +16,7 @@ from synthetic import ADAM, encoder, info
 
 import finetune.__main__ as finetune_main
 import pretrain.__main__ as pretrain_main
-from pretrain.export import load_encoder
+from pretrain.encoder_file.format import load_encoder
 from pretrain.tasks.contrastive import Contrastive, Views, nt_xent
 
 

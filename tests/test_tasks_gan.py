@@ -9,7 +9,8 @@ from conftest import QUIET, make_config
 from synthetic import ADAM, encoder, images, info, loader, trainer
 
 import pretrain.__main__ as pretrain_main
-from pretrain.export import export_checkpoint, load_encoder
+from pretrain.encoder_file.checkpoint import export_checkpoint
+from pretrain.encoder_file.format import load_encoder
 from pretrain.tasks.gan import GAN, Generator
 
 

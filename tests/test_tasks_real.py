@@ -11,8 +11,8 @@ from conftest import QUIET, make_config
 
 import finetune.__main__ as finetune_main
 import pretrain.__main__ as pretrain_main
-from pretrain.data import load_source
-from pretrain.export import load_encoder
+from pretrain.data.sources import load_source
+from pretrain.encoder_file.format import load_encoder
 from pretrain.tasks.gan import Generator
 
 FAST = [*QUIET, "trainer.log_every_n_steps=1", "+trainer.limit_val_batches=1"]

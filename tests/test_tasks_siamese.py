@@ -7,7 +7,10 @@ import pytest
 import torch
 from PIL import Image
 
-from pretrain.data import DataError, EpochPairs, ImageDataModule, PairBatches, load_source
+from pretrain.data.batching import EpochPairs, PairBatches
+from pretrain.data.images import DataError
+from pretrain.data.module import ImageDataModule
+from pretrain.data.sources import load_source
 
 
 def fake_faces(root, people: int = 6, per_person: int = 5, size=(14, 12)):

@@ -8,7 +8,7 @@ from conftest import QUIET, make_config
 from lightning.pytorch.profilers import SimpleProfiler
 
 import pretrain.__main__ as pretrain_main
-from pretrain.trainer import NoProfiler, build_trainer
+from pretrain.run.trainer import NoProfiler, build_trainer
 
 
 def test_by_default_no_profiler_and_one_shared_no_op_context(tmp_path):

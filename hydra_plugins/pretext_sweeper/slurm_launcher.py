@@ -14,7 +14,7 @@ the plugin's launcher, this one
 
 Requeueing is submitit's: SLURM signals a job ``signal_delay_s`` before its time limit, submitit
 requeues it (at most ``max_num_timeout`` times) and the requeued job runs the same run in the same
-folder, which continues from its checkpoint (``pretrain/resume.py``).
+folder, which continues from its checkpoint (``pretrain/run/resume.py``).
 """
 
 # No "from __future__ import annotations": Hydra's plugin scan runs this module outside sys.modules,

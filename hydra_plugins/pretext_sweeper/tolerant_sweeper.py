@@ -4,7 +4,7 @@ Hydra's basic sweeper launches a whole batch of runs (by default the whole sweep
 raises the error of the first failed run only; the others' errors are not shown anywhere.
 ``TolerantSweeper`` launches every batch, then lists every failed run (its overrides, its
 folder and its error) and ends with an error, so the command's exit status still says that
-something failed. (``pretrain.job_errors.LogJobError`` puts each failed run's traceback in
+something failed. (``pretrain.run.job_errors.LogJobError`` puts each failed run's traceback in
 that run's own log; under ``hydra/launcher=slurm`` the list also gives each run's SLURM job
 and that job's log.) Before launching, it checks that every run's overrides compose, as Hydra's
 does, but composes one run of each kind only (see ``runs_to_compose``).
@@ -110,7 +110,7 @@ class TolerantSweeper(BasicSweeper):
             try:
                 super().validate_batch_is_legal([run])
             except ConfigCompositionException as err:  # a mistyped key or option: said as for a single run
-                from pretrain.cli import refuse  # here, not at the top: Hydra imports every plugin it finds
-                from pretrain.compose import explain
+                # here, not at the top: Hydra imports every plugin it finds
+                from pretrain.run.cli import explain_refusal, refuse
 
-                refuse(explain(err, self.config.hydra.job.config_name, run))
+                refuse(explain_refusal(err, self.config.hydra.job.config_name, run))

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor, nn
 
-from pretrain.data import DataInfo
+from pretrain.data.module import DataInfo
 from pretrain.encoders import ACTIVATIONS, Encoder, EncoderError, unpatchify
 from pretrain.tasks.base import OptimizerFactory, PretextTask
 

@@ -10,9 +10,9 @@ import lightning as L
 from torch import Tensor
 from torch.optim import Optimizer
 
-from pretrain.data import DataInfo
+from pretrain.data.module import DataInfo
 from pretrain.encoders import Encoder
-from pretrain.files import write_image
+from pretrain.run.files import write_image
 
 OptimizerFactory = Callable[[Iterable[Any]], Optimizer]
 """``functools.partial(torch.optim.X, lr=..., ...)``, as Hydra builds it from ``conf/optimizer``."""

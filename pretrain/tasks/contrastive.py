@@ -9,7 +9,7 @@ cosine similarity / ``temperature``. The exported file holds the encoder alone; 
 head is dropped, as in SimCLR, whose features before the head transfer better.
 
 Views (``Views``) are made on the training device from the normalized batch, each image drawn
-on its own by the transforms of ``augment=`` (``pretrain.augment``, one implementation): a random
+on its own by the transforms of ``augment=`` (``pretrain.data.augment``, one implementation): a random
 resized crop (area fraction in ``crop_scale``, aspect ratio in ``crop_ratio``) and a horizontal
 flip, together one bilinear resampling of the whole batch; then, with probability ``jitter_p``,
 brightness and contrast jitter of the 0..1 pixels (factors in ``1 +- brightness`` and
@@ -34,8 +34,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from pretrain.augment import Augment
-from pretrain.data import DataInfo
+from pretrain.data.augment import Augment
+from pretrain.data.module import DataInfo
 from pretrain.encoders import Encoder, GlobalPool, feature_dim
 from pretrain.tasks.base import OptimizerFactory, PretextTask
 
@@ -60,7 +60,7 @@ def nt_xent(a: Tensor, b: Tensor, temperature: float) -> tuple[Tensor, Tensor]:
 
 
 class Views(nn.Module):
-    """Random views of normalized image batches, drawn per image by ``pretrain.augment.Augment``
+    """Random views of normalized image batches, drawn per image by ``pretrain.data.augment.Augment``
     (a random resized crop, a flip, brightness and contrast jitter) on the 0..1 pixels."""
 
     def __init__(

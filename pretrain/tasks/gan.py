@@ -29,7 +29,7 @@ from torch.nn.utils import parametrize
 from torch.nn.utils.parametrizations import spectral_norm as add_spectral_norm
 from torch.optim import Optimizer
 
-from pretrain.data import DataInfo
+from pretrain.data.module import DataInfo
 from pretrain.encoders import Encoder, GlobalPool, build_encoder, feature_dim
 from pretrain.tasks.base import OptimizerFactory, PretextTask
 

@@ -27,7 +27,7 @@ from itertools import islice
 import torch
 from torch import Tensor, nn
 
-from pretrain.data import DataInfo, denormalize
+from pretrain.data.module import DataInfo, denormalize
 from pretrain.encoders import Encoder, patchify, unpatchify
 from pretrain.tasks.autoencoder import Unpatchify, mirror_decoder
 from pretrain.tasks.base import OptimizerFactory, PretextTask

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchmetrics.classification import BinaryAccuracy
 
-from pretrain.data import DataInfo
+from pretrain.data.module import DataInfo
 from pretrain.encoders import Encoder, GlobalPool, feature_dim
 from pretrain.tasks.base import OptimizerFactory
 from pretrain.tasks.classifying import ClassifyingTask

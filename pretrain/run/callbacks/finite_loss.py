@@ -12,7 +12,7 @@ import torch
 from lightning.pytorch.trainer.states import TrainerFn
 from torch import Tensor
 
-from pretrain.callbacks.last_checkpoint import LastCheckpoint
+from pretrain.run.callbacks.last_checkpoint import LastCheckpoint
 
 REMEDIES = (
     "Likely remedies: a lower learning rate (optimizer.lr, now {lr}); gradient clipping by norm "

@@ -8,10 +8,10 @@ from lightning.fabric.plugins.environments import SLURMEnvironment
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.plugins.io import AsyncCheckpointIO
 
-from pretrain.callbacks.finite_loss import FiniteLossGuard
-from pretrain.callbacks.last_checkpoint import LastCheckpoint
-from pretrain.callbacks.random_state import RandomState
-from pretrain.files import AtomicCheckpointIO
+from pretrain.run.callbacks.finite_loss import FiniteLossGuard
+from pretrain.run.callbacks.last_checkpoint import LastCheckpoint
+from pretrain.run.callbacks.random_state import RandomState
+from pretrain.run.files import AtomicCheckpointIO
 
 
 class FaultTolerance:

@@ -3,7 +3,7 @@
 Two processes in one folder (the same ``hydra.run.dir``, or ``resume=RUN`` while RUN still runs)
 would write one run's config beside the other's checkpoint and results. The second one is
 refused with the first one's process id, host and command, before Hydra writes anything there
-(``pretrain.cli.CommandStart`` takes the lock between Hydra's composition and its first write). A new run
+(``pretrain.run.cli.CommandStart`` takes the lock between Hydra's composition and its first write). A new run
 is refused a folder that already holds a run's record (``.hydra``): it would overwrite it; to
 continue that run, resume it. ``resume=auto`` (a requeued job in its own folder) may reuse its
 folder.

@@ -30,10 +30,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pretrain.data import SOURCES, DataError, _load_faces, _read_image, channel_stats, load_source
-from pretrain.files import write_json
-from pretrain.stream import INDEX, MARKER, PARTIAL, decode_image, quiet_litdata
-from pretrain.text import printable
+from pretrain.data.images import DataError
+from pretrain.data.module import channel_stats
+from pretrain.data.sources import SOURCES, load_faces, load_source, read_image
+from pretrain.data.stream import INDEX, MARKER, PARTIAL, decode_image, quiet_litdata
+from pretrain.run.files import write_json
+from pretrain.run.text import printable
 
 BUILT_IN = (*SOURCES, "faces")
 STATS_SAMPLE = 2000  # images decoded to measure mean/std: enough for three decimals
@@ -51,7 +53,7 @@ class Split:
 def list_source(source: str, root: str | None = None) -> tuple[list[Split], tuple[str, ...]]:
     """The splits of SOURCE and its class names (empty for unlabeled images), without reading an image."""
     if source in BUILT_IN:
-        sets = _load_faces(root, None) if source == "faces" else load_source(source, root)
+        sets = load_faces(root, None) if source == "faces" else load_source(source, root)
         splits = [
             Split(name, [(source, root, k, i) for i in range(len(s.labels))], s.labels.tolist())
             for k, (name, s) in enumerate(zip(("train", "test"), sets, strict=True))
@@ -142,12 +144,12 @@ class Encode:
 
         if isinstance(ref, tuple):  # an image of a built-in set, decoded once per worker (cached)
             name, root, split, i = ref
-            sets = _load_faces(root, None) if name == "faces" else load_source(name, root)
+            sets = load_faces(root, None) if name == "faces" else load_source(name, root)
             image = sets[split].images[i]
             return _png(Image.fromarray(image.squeeze(0).numpy())), *image.shape[-2:]
         with open(ref, "rb") as f:
             data = f.read()
-        image = _read_image(ref, "RGB", data)  # decodes it whole: a damaged file is found here, not in training
+        image = read_image(ref, "RGB", data)  # decodes it whole: a damaged file is found here, not in training
         height, width = image.shape[-2:]
         with Image.open(io.BytesIO(data)) as im:
             kind = im.format

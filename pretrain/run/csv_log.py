@@ -9,7 +9,7 @@ from pathlib import Path
 from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 
-from pretrain.files import write_text
+from pretrain.run.files import write_text
 
 
 class _ContinuingWriter(ExperimentWriter):

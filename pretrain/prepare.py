@@ -1,15 +1,16 @@
-"""``python -m pretrain.prepare SOURCE OUT``: prepare an image collection for ``data=stream`` (see the package)."""
+"""``python -m pretrain.prepare SOURCE OUT``: prepare an image collection for ``data=stream``
+(see ``pretrain.data.prepare``)."""
 
 from __future__ import annotations
 
 import argparse
 
-from pretrain.data import DataError
+from pretrain.data.images import DataError
 
 
 def main(argv: list[str] | None = None) -> None:
-    from pretrain.cli import refuse
-    from pretrain.prepare import BUILT_IN, prepare
+    from pretrain.data.prepare import BUILT_IN, prepare
+    from pretrain.run.cli import refuse
 
     parser = argparse.ArgumentParser(
         prog="python -m pretrain.prepare",

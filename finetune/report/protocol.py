@@ -2,7 +2,7 @@
 
 ``python -m finetune.report`` lays runs out this way when they span several label budgets or
 evaluation modes (``eval``), as ``experiment=protocol`` makes them. The configurations are those
-of ``finetune.report``, compared as there: each encoder with ``encoder=none`` of the same
+of ``finetune.report.group``, compared as there: each encoder with ``encoder=none`` of the same
 architecture, evaluation mode, labels and other settings, seed by seed. Here they become lines: one
 per evaluation mode and encoder (and any other setting that varies), over the labels per class.
 """
@@ -15,9 +15,12 @@ from pathlib import Path
 
 import numpy as np
 
-from finetune.report import Configuration, Report, Summary, _fmt, _interval, _is_fraction, _labels, _matches, notes
-from pretrain.files import atomic_write
-from pretrain.text import markdown_text, printable
+from finetune.report.collect import matches_any
+from finetune.report.group import Configuration, Report, name_configurations
+from finetune.report.render import format_interval, format_value, is_fraction, notes
+from finetune.report.stats import Summary
+from pretrain.run.files import atomic_write
+from pretrain.run.text import markdown_text, printable
 
 MODES = ("knn", "probe", "finetune")
 """The panels' order: from no training to training everything."""
@@ -64,7 +67,7 @@ def lines(report: Report) -> tuple[list[Line], list[str]]:
     left_out = []
     for c in report.configurations:
         run = c.runs[0]
-        key = tuple((k, v) for k, v in c.key if not _matches(k, ALONG))
+        key = tuple((k, v) for k, v in c.key if not matches_any(k, ALONG))
         line = by_key.setdefault((run.eval, key), Line(run.eval, key))
         if run.labels_per_class in line.points:
             other = line.points[run.labels_per_class]
@@ -78,7 +81,7 @@ def lines(report: Report) -> tuple[list[Line], list[str]]:
     for mode in dict.fromkeys(line.mode for line in found):
         mine = [line for line in found if line.mode == mode]
         stand_ins = [Configuration(line.key, [r for c in line.points.values() for r in c.runs]) for line in mine]
-        _labels(stand_ins)  # the report's names, among the lines of one panel
+        name_configurations(stand_ins)  # the report's names, among the lines of one panel
         for line, named in zip(mine, stand_ins, strict=True):
             line.label = named.label
     return sorted(found, key=lambda line: (_mode_order(line.mode), line.pretrained, line.label)), left_out
@@ -91,8 +94,8 @@ def _budget(labels_per_class: float) -> str:
 def _cell(s: Summary | None, metric: str, signed: bool = False) -> str:
     if s is None:
         return ""
-    interval = _interval(s, metric, signed)
-    return f"{_fmt(s.mean, metric, signed)} {interval if interval != 'n/a' else f'(n={s.n})'}"
+    interval = format_interval(s, metric, signed)
+    return f"{format_value(s.mean, metric, signed)} {interval if interval != 'n/a' else f'(n={s.n})'}"
 
 
 def markdown(report: Report) -> str:
@@ -101,7 +104,7 @@ def markdown(report: Report) -> str:
     m = report.metric
     found, left_out = lines(report)
     budgets = sorted({b for line in found for b in line.points})
-    unit, diff_unit = (" (%)", " (points)") if _is_fraction(m) else ("", "")
+    unit, diff_unit = (" (%)", " (points)") if is_fraction(m) else ("", "")
     head = " | ".join(_budget(b) for b in budgets)
     rule = "| --- | --- |" + " ---: |" * len(budgets)
     out = [
@@ -150,7 +153,7 @@ def plot(report: Report, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    scale = 100 if _is_fraction(report.metric) else 1
+    scale = 100 if is_fraction(report.metric) else 1
     found = lines(report)[0]
     modes = list(dict.fromkeys(line.mode for line in found))
     keys = list(dict.fromkeys(line.key for line in sorted(found, key=lambda line: (line.pretrained, line.label))))

@@ -17,11 +17,11 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.profilers import PassThroughProfiler
 from omegaconf import DictConfig, open_dict
 
-from pretrain.callbacks.channels_last import ChannelsLast
-from pretrain.callbacks.grad_norm import GradNormMonitor
-from pretrain.csv_log import ContinuingCSVLogger
-from pretrain.faults import FaultTolerance
-from pretrain.validate import lightning_refusals
+from pretrain.config.validate import lightning_refusals
+from pretrain.run.callbacks.channels_last import ChannelsLast
+from pretrain.run.callbacks.grad_norm import GradNormMonitor
+from pretrain.run.csv_log import ContinuingCSVLogger
+from pretrain.run.faults import FaultTolerance
 
 # Lightning warnings that are expected here, not problems: frozen blocks are in eval mode on
 # purpose, a few-label run has no validation set, and short epochs log less often than

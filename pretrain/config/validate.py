@@ -6,7 +6,7 @@ without a schema to keep in sync:
 - top-level keys are those of the primary config file (``conf/pretrain.yaml`` or
   ``conf/finetune.yaml``) and its config groups; anything else is a typo;
 - a ``_target_`` may appear only where ``conf/`` declares one, with a value declared there
-  (``pretrain.targets``): checked first, on the config as written and as resolved, so that
+  (``pretrain.config.targets``): checked first, on the config as written and as resolved, so that
   nothing a config names is imported or called unless the project's own files name it too;
 - every node with a ``_target_`` is checked against the signature of what it builds: each
   key must be a parameter (else "did you mean ..."), each value must fit the parameter's type
@@ -15,12 +15,12 @@ without a schema to keep in sync:
   ``encoders.BACKBONES``; other plain nodes against the keys and value types of the file;
 - a short table of value rules (positive learning rate, batch size, epochs, ...), the data
   module's own value checks (``data.value_problems``), a task's (``PretextTask.value_problems``),
-  and the cross-checks a signature cannot express (unfreeze epoch before the last epoch);
+  and a command's own rules (``Checks``: fine-tuning's are in ``finetune.checks``);
 - the optimizer is built once on a dummy parameter, so torch's own argument checks run now.
 
 Checks that need the data or the encoder file (label budget, class names, input shape,
-number of blocks) run right after the data is loaded and before training: ``check_*`` below
-and ``pretrain.data``.
+number of blocks) run right after the data is loaded and before training (``pretrain.data.module``,
+``finetune.checks``).
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ import difflib
 import inspect
 import math
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from typing import Any
 
 import lightning as L
@@ -41,12 +42,13 @@ from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 
-from pretrain.data import DATA_SETS, ImageDataModule, value_problems
-from pretrain.encoders import BACKBONES, Encoder
-from pretrain.faults import FaultTolerance
-from pretrain.targets import CONF, undeclared_targets
+from pretrain.config.targets import CONF, undeclared_targets
+from pretrain.config.typecheck import describe, fits, parameter_types
+from pretrain.data.module import ImageDataModule, value_problems
+from pretrain.data.sources import DATA_SETS
+from pretrain.encoders import BACKBONES
+from pretrain.run.faults import FaultTolerance
 from pretrain.tasks.base import PretextTask
-from pretrain.typecheck import describe, fits, parameter_types
 
 
 class ConfigError(ValueError):
@@ -66,66 +68,61 @@ KINDS: dict[str, type] = {
 TYPES: dict[str, Any] = {
     "seed": int,
     "resume": str | None,
-    "encoder": str | None,
-    "reuse_blocks": int | None,
-    "schedule.unfreeze_epoch": int | None,
-    "schedule.unfreeze_top": int | None,
 }
 """Types of values outside any ``_target_`` node that may be null (the others have the type of
 their value in the file)."""
 
 
-def _positive(v: Any) -> bool:
+def positive(v: Any) -> bool:
     return v > 0
 
 
-def _at_least_one(v: Any) -> bool:
+def at_least_one(v: Any) -> bool:
     return v >= 1
 
 
-def _non_negative(v: Any) -> bool:
-    return v >= 0
+Rule = tuple[str, Callable[[Any], bool], str]
+"""(path, test, hint): the value at ``path``, where it is a number, passes ``test``, else "PATH=VALUE HINT"."""
 
-
-RULES: list[tuple[str, Callable[[Any], bool], str]] = [
+RULES: list[Rule] = [
     ("seed", lambda v: 0 <= v < 2**32, "must be in 0..2**32-1 (Lightning would silently pick a random seed)"),
     ("optimizer.lr", lambda v: 0 < v < math.inf, "must be positive and finite, e.g. optimizer.lr=0.001"),
     ("trainer.gradient_clip_val", lambda v: 0 <= v < math.inf, "must be >= 0 and finite, or null: no clipping"),
-    ("data.batch_size", _at_least_one, "must be at least 1, e.g. data.batch_size=64"),
-    ("data.eval_batch_size", _at_least_one, "must be at least 1, e.g. data.eval_batch_size=1024"),
-    ("data.label_budget", _at_least_one, "must be at least 1 (one image per class at the very least), or null: all"),
-    ("data.labels_per_class", _at_least_one, "must be at least 1, or null: data.label_budget decides"),
-    ("trainer.max_epochs", _at_least_one, "must be at least 1, e.g. trainer.max_epochs=10"),
-    ("faults.checkpoint_every_n_steps", _at_least_one, "must be at least 1, or null: at epoch ends only"),
-    ("faults.check_finite_every_n_steps", _at_least_one, "must be at least 1"),
-    ("online_eval.every_n_epochs", _at_least_one, "must be at least 1, or null: no online evaluation"),
-    ("online_eval.k", _at_least_one, "must be at least 1, e.g. online_eval.k=20"),
-    ("online_eval.temperature", _positive, "must be positive, e.g. online_eval.temperature=0.07"),
-    ("online_eval.max_train_images", _at_least_one, "must be at least 1, or null: every training image"),
-    ("reuse_blocks", _at_least_one, "must be at least 1, or null: every block of the encoder"),
-    ("schedule.unfreeze_epoch", _non_negative, "must be an epoch >= 0, or null: never unfreeze"),
-    ("schedule.unfreeze_top", _at_least_one, "must be at least 1, or null: unfreeze every reused block"),
-    (
-        "schedule.encoder_lr_factor",
-        _positive,
-        "must be positive (to keep blocks fixed, set schedule.unfreeze_epoch=null)",
-    ),
-    ("head.dropout", lambda v: 0 <= v < 1, "must be in [0, 1)"),
-    ("knn.k", _at_least_one, "must be at least 1, e.g. knn.k=20"),
-    ("knn.temperature", _positive, "must be positive, e.g. knn.temperature=0.07"),
+    ("data.batch_size", at_least_one, "must be at least 1, e.g. data.batch_size=64"),
+    ("data.eval_batch_size", at_least_one, "must be at least 1, e.g. data.eval_batch_size=1024"),
+    ("data.label_budget", at_least_one, "must be at least 1 (one image per class at the very least), or null: all"),
+    ("data.labels_per_class", at_least_one, "must be at least 1, or null: data.label_budget decides"),
+    ("trainer.max_epochs", at_least_one, "must be at least 1, e.g. trainer.max_epochs=10"),
+    ("faults.checkpoint_every_n_steps", at_least_one, "must be at least 1, or null: at epoch ends only"),
+    ("faults.check_finite_every_n_steps", at_least_one, "must be at least 1"),
+    ("online_eval.every_n_epochs", at_least_one, "must be at least 1, or null: no online evaluation"),
+    ("online_eval.k", at_least_one, "must be at least 1, e.g. online_eval.k=20"),
+    ("online_eval.temperature", positive, "must be positive, e.g. online_eval.temperature=0.07"),
+    ("online_eval.max_train_images", at_least_one, "must be at least 1, or null: every training image"),
 ]
 
-CHOICES: dict[str, tuple[str, ...]] = {
-    "eval": ("finetune", "probe", "knn"),
-    "knn.pool": ("mean", "flatten"),
-    "head.pool": ("flatten", "mean"),
-}
-"""Values outside any ``_target_`` node that are one of a few words."""
+
+@dataclass(frozen=True)
+class Checks:
+    """A command's own checks of the keys only its config has, beside the shared ones above."""
+
+    types: dict[str, Any] = field(default_factory=dict)
+    """As ``TYPES``."""
+    rules: list[Rule] = field(default_factory=list)
+    """As ``RULES``."""
+    choices: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    """Values outside any ``_target_`` node that are one of a few words."""
+    across: Callable[[dict[str, Any]], list[str]] | None = None
+    """The problems a check of one value cannot see: the resolved config in, one line each out."""
 
 
-def validate_config(cfg: DictConfig, name: str) -> None:
+NO_CHECKS = Checks()
+"""A command with no keys of its own."""
+
+
+def validate_config(cfg: DictConfig, name: str, own: Checks = NO_CHECKS) -> None:
     """Raise one ConfigError listing every problem in ``cfg``, the composed config of
-    ``python -m NAME`` (``pretrain`` or ``finetune``)."""
+    ``python -m NAME`` (``conf/NAME.yaml``), whose own checks are ``own``."""
     _refuse_undeclared_targets(undeclared_targets(cfg))
     try:
         plain = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
@@ -135,23 +132,26 @@ def validate_config(cfg: DictConfig, name: str) -> None:
         raise ConfigError(f"{getattr(err, 'full_key', None) or 'config'}: {getattr(err, 'msg', err)}") from None
     _refuse_undeclared_targets(undeclared_targets(plain))  # what interpolations (oc.create, ...) made of it
     problems: list[str] = []
+    types = {**TYPES, **own.types}
     reference = OmegaConf.to_container(OmegaConf.load(CONF / f"{name}.yaml"))
     known = _top_level_keys(reference)
     missing = [group for group in _required_groups(reference) if not _chosen(group, plain)]
     problems += [_missing_group(group) for group in missing]
     for key, value in plain.items():
         if key not in known:
-            problems.append(f"unknown key '{key}'{_did_you_mean(key, sorted(known))}")
+            problems.append(f"unknown key '{key}'{did_you_mean(key, sorted(known))}")
         elif isinstance(value, dict) and "_target_" in value:
             _check_target(key, value, problems)
         elif key == "backbone":
             _check_backbone(value, problems)
-        elif key in TYPES:
-            if not fits(value, TYPES[key]):
-                problems.append(f"{key}={value!r} must be {describe(TYPES[key])}")
+        elif key in types:
+            if not fits(value, types[key]):
+                problems.append(f"{key}={value!r} must be {describe(types[key])}")
         elif isinstance(reference.get(key), dict) and key not in missing:  # a missing group's keys: said once
-            _check_plain(key, value, reference[key], problems)
-    _check_rules(plain, problems)
+            _check_plain(key, value, reference[key], types, problems)
+    _check_rules(plain, [*RULES, *own.rules], own.choices, problems)
+    if own.across is not None:
+        problems += own.across(plain)
     if not problems and isinstance(plain.get("optimizer"), dict):
         _dry_build_optimizer(cfg.optimizer, problems)
     if problems:
@@ -204,7 +204,7 @@ def _missing_group(group: str) -> str:
     return f"{group} is missing: it is a config group, choose one of its options {options}, e.g. {group}={options[0]}"
 
 
-def _did_you_mean(word: str, options: Any) -> str:
+def did_you_mean(word: str, options: Any) -> str:
     """ " (did you mean 'x'?)" for a close match, else the options (the first 12 of them)."""
     options = [str(o) for o in options]
     close = difflib.get_close_matches(word, options, n=1, cutoff=0.6)
@@ -233,15 +233,15 @@ def _check_target(path: str, node: dict[str, Any], problems: list[str]) -> None:
     for key, value in node.items():
         if key.startswith("_") and key.endswith("_"):  # Hydra's own keys: _target_, _partial_, ...
             continue
-        if path == "trainer" and key == "channels_last":  # ours, not Lightning's: pretrain.trainer takes it
+        if path == "trainer" and key == "channels_last":  # ours, not Lightning's: pretrain.run.trainer takes it
             if not isinstance(value, bool):
                 problems.append(f"trainer.channels_last={value!r} must be true or false")
             continue
         if key not in params:
             if not takes_any:
-                problems.append(f"{path}.{key} is not an option of {target}{_did_you_mean(key, names)}")
+                problems.append(f"{path}.{key} is not an option of {target}{did_you_mean(key, names)}")
         elif path == "trainer" and key == "precision" and value == "mixed":
-            continue  # ours, not Lightning's: pretrain.trainer.resolve_precision picks the real one
+            continue  # ours, not Lightning's: pretrain.run.trainer.resolve_precision picks the real one
         elif not fits(value, params[key].annotation):
             problems.append(f"{path}.{key}={value!r} must be {describe(params[key].annotation)}")
     if isinstance(obj, type) and issubclass(obj, ImageDataModule):
@@ -250,7 +250,7 @@ def _check_target(path: str, node: dict[str, Any], problems: list[str]) -> None:
             problems.extend(value_problems(**{k: v for k, v in node.items() if k in checked}))
         known = DATA_SETS
         if isinstance(node.get("name"), str) and node["name"] not in known:
-            problems.append(f"data.name={node['name']!r} is not a data set{_did_you_mean(node['name'], known)}")
+            problems.append(f"data.name={node['name']!r} is not a data set{did_you_mean(node['name'], known)}")
     if isinstance(obj, type) and issubclass(obj, PretextTask) and len(problems) == found_before:
         checked = inspect.signature(obj.value_problems).parameters
         problems.extend(obj.value_problems(**{k: v for k, v in node.items() if k in checked}))
@@ -263,7 +263,7 @@ def _check_backbone(node: Any, problems: list[str]) -> None:
     arch = node.get("arch")
     if arch not in BACKBONES:
         known = sorted(BACKBONES)
-        problems.append(f"backbone.arch={arch!r} is not an architecture{_did_you_mean(str(arch), known)}")
+        problems.append(f"backbone.arch={arch!r} is not an architecture{did_you_mean(str(arch), known)}")
         return
     params = parameter_types(BACKBONES[arch])
     params.pop("input_shape", None)
@@ -271,56 +271,48 @@ def _check_backbone(node: Any, problems: list[str]) -> None:
         if key == "arch":
             continue
         if key not in params:
-            problems.append(f"backbone.{key} is not an option of {arch}{_did_you_mean(key, params)}")
+            problems.append(f"backbone.{key} is not an option of {arch}{did_you_mean(key, params)}")
         elif not fits(value, params[key].annotation):
             problems.append(f"backbone.{key}={value!r} must be {describe(params[key].annotation)}")
 
 
-def _check_plain(path: str, node: Any, reference: dict[str, Any], problems: list[str]) -> None:
+def _check_plain(path: str, node: Any, reference: dict[str, Any], types: dict[str, Any], problems: list[str]) -> None:
     """A node without a target: its keys and value types are those of the config file."""
     if not isinstance(node, dict):
         problems.append(f"{path} must be a mapping with keys {sorted(reference)}, not {node!r}")
         return
     for key, value in node.items():
         if key not in reference:
-            problems.append(f"{path}.{key} is not a key of {path}{_did_you_mean(key, sorted(reference))}")
+            problems.append(f"{path}.{key} is not a key of {path}{did_you_mean(key, sorted(reference))}")
             continue
-        kind = TYPES.get(f"{path}.{key}", type(reference[key]))
+        kind = types.get(f"{path}.{key}", type(reference[key]))
         if kind in (type(None), dict, list):
             continue  # neither the file nor TYPES says what it takes
         if not fits(value, kind):
             problems.append(f"{path}.{key}={value!r} must be {describe(kind)}")
 
 
-def _check_rules(plain: dict[str, Any], problems: list[str]) -> None:
-    for path, rule, hint in RULES:  # None and values of the wrong type: the type checks report them
-        value = _select(plain, path)
+def _check_rules(
+    plain: dict[str, Any], rules: list[Rule], choices: dict[str, tuple[str, ...]], problems: list[str]
+) -> None:
+    for path, rule, hint in rules:  # None and values of the wrong type: the type checks report them
+        value = select(plain, path)
         if fits(value, float) and not rule(value):
             problems.append(f"{path}={value} {hint}")
-    for path, choices in CHOICES.items():
-        value = _select(plain, path)
-        if value is not _MISSING and value not in choices:
-            problems.append(f"{path}={value!r} must be one of {', '.join(choices)}")
-    epochs, unfreeze = _select(plain, "trainer.max_epochs"), _select(plain, "schedule.unfreeze_epoch")
-    from_scratch = str(plain.get("encoder")).lower() == "none"  # nothing reused, so no schedule
-    scheduled = plain.get("eval", "finetune") == "finetune"  # a probe never unfreezes; k-NN does not train
-    unfreezes = scheduled and not from_scratch and isinstance(unfreeze, int)
-    if unfreezes and isinstance(epochs, int) and unfreeze >= epochs >= 1:
-        problems.append(
-            f"schedule.unfreeze_epoch={unfreeze} is not before the last epoch (trainer.max_epochs={epochs} trains "
-            f"epochs 0..{epochs - 1}), so the reused blocks would never be unfrozen: use 0..{epochs - 1}, or null to "
-            "keep them frozen throughout (a linear probe)"
-        )
+    for path, words in choices.items():
+        value = select(plain, path)
+        if value is not MISSING and value not in words:
+            problems.append(f"{path}={value!r} must be one of {', '.join(words)}")
 
 
-_MISSING = object()
+MISSING = object()
 
 
-def _select(plain: dict[str, Any], path: str) -> Any:
+def select(plain: dict[str, Any], path: str) -> Any:
     node: Any = plain
     for part in path.split("."):
         if not isinstance(node, dict) or part not in node:
-            return _MISSING
+            return MISSING
         node = node[part]
     return node
 
@@ -344,47 +336,3 @@ def lightning_refusals(path: str) -> Iterator[None]:
         if isinstance(cause, MisconfigurationException | ValueError | TypeError):
             raise ConfigError(f"{path}: {cause}") from None
         raise
-
-
-# --- checks that need the data or the encoder --------------------------------------------
-
-
-def check_encoder_fits_data(encoder: Encoder, datamodule: L.LightningDataModule, source: str) -> None:
-    """The encoder takes images of the data's shape (C, H, W), or a ConfigError says how to fix it.
-
-    Runs before ``datamodule.setup`` where the data module can tell its image shape
-    (``ImageDataModule.image_shape``); other data modules fail later, at their first batch."""
-    if not hasattr(datamodule, "image_shape"):
-        return
-    want, have = tuple(encoder.input_shape), tuple(datamodule.image_shape())
-    name = getattr(datamodule, "name", type(datamodule).__name__)
-    if want == have:
-        return
-    if want[0] != have[0]:
-        fix = (
-            f"set data.grayscale={'true' if want[0] == 1 else 'false'} for folder data, or fine-tune on "
-            "data of the encoder's kind"
-        )
-        what = f"{want[0]} channel(s), but data={name} has {have[0]}"
-    else:
-        fix = f"set data.image_size=[{want[1]},{want[2]}] for folder data, or fine-tune on data of the encoder's kind"
-        what = f"{want[1]}x{want[2]} images, but data={name} has {have[1]}x{have[2]}"
-    raise ConfigError(f"encoder {source} takes {what} (shapes {want} and {have}, C, H, W): {fix}")
-
-
-def check_reuse(cfg: DictConfig, encoder: Encoder) -> int:
-    """The number of blocks to reuse (``reuse_blocks``, default all), checked against the encoder
-    and against ``schedule.unfreeze_top``."""
-    depth = len(encoder)
-    reuse = cfg.reuse_blocks if cfg.reuse_blocks is not None else depth
-    if reuse > depth:
-        raise ConfigError(
-            f"reuse_blocks={reuse}, but the {encoder.arch} encoder has {depth} block(s) "
-            f"({', '.join(encoder.block_names)}): choose 1..{depth}, or null for all"
-        )
-    top = cfg.schedule.unfreeze_top
-    if top is not None and top > reuse:
-        raise ConfigError(
-            f"schedule.unfreeze_top={top}, but only {reuse} block(s) are reused: choose 1..{reuse}, or null for all"
-        )
-    return reuse

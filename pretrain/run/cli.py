@@ -13,6 +13,7 @@ whole traceback instead, and under ``--multirun`` it is raised for the sweep to 
 
 from __future__ import annotations
 
+import inspect
 import os
 import sys
 from collections.abc import Callable
@@ -28,14 +29,15 @@ from hydra.types import RunMode
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
-from pretrain.callbacks.finite_loss import NonFiniteLossError
-from pretrain.compose import explain, explain_value_error
-from pretrain.data import DataError
+from pretrain.config.compose import explain, explain_value_error
+from pretrain.config.validate import CONF, NO_CHECKS, Checks, ConfigError
+from pretrain.data.images import DataError
+from pretrain.encoder_file.format import EncoderFileError
 from pretrain.encoders import EncoderError
-from pretrain.export import EncoderFileError
-from pretrain.files import NoSpaceError, no_space_cause
-from pretrain.hydra_ddp import rank_processes_rerun_this_job
-from pretrain.resume import (
+from pretrain.run.callbacks.finite_loss import NonFiniteLossError
+from pretrain.run.files import NoSpaceError, no_space_cause
+from pretrain.run.hydra_ddp import rank_processes_rerun_this_job
+from pretrain.run.resume import (
     AUTO,
     LAST,
     checkpoint_to_resume,
@@ -45,26 +47,28 @@ from pretrain.resume import (
     run_folder,
     slurm_restarts,
 )
-from pretrain.run_folder import LOCK, RunFolderError, hold, release
-from pretrain.text import printable
-from pretrain.validate import CONF, ConfigError
+from pretrain.run.run_folder import LOCK, RunFolderError, hold, release
+from pretrain.run.text import printable
 
 INPUT_ERRORS = (ConfigError, DataError, EncoderError, EncoderFileError, RunFolderError)
 EX_IOERR = 74
-OUR_CODE = tuple(str(Path(__file__).resolve().parents[1] / pkg) + os.sep for pkg in ("pretrain", "finetune"))
+SHARED_CODE = Path(__file__).resolve().parents[1]  # the package every command builds on
 FULL_ERROR = "HYDRA_FULL_ERROR"
 _composing = False  # FULL_ERROR is ours: set while Hydra composes the config for ``command``
+_own_checks: dict[str, Checks] = {}  # each command's own config checks, by its config name
 
 
-def command(name: str, run: Callable[[DictConfig, Path], Any]) -> Callable[[], None]:
+def command(name: str, run: Callable[[DictConfig, Path], Any], own: Checks = NO_CHECKS) -> Callable[[], None]:
     """``python -m NAME``: compose ``conf/NAME.yaml`` with the command line and call
-    ``run(cfg, run_dir)`` (see ``run_command``).
+    ``run(cfg, run_dir)`` (see ``run_command``); ``own``: the command's own config checks.
 
     Hydra refuses a mistyped key, group or option itself, before any of our code runs, with a
     message that suggests the wrong fix (``+data.batchsize=32``) and exit 1. Unless
     HYDRA_FULL_ERROR is set: then it raises the error. So it is set while Hydra composes, our
-    words for the error are printed (``pretrain.compose.explain``), and ``CommandStart`` unsets
+    words for the error are printed (``pretrain.config.compose.explain``), and ``CommandStart`` unsets
     it once the composition has passed, for everything after to be reported as before."""
+
+    _own_checks[name] = own
 
     # An absolute path: the console script `pretrain` imports the package, where Hydra would
     # read a relative path as a Python module name.
@@ -83,7 +87,7 @@ def command(name: str, run: Callable[[DictConfig, Path], Any]) -> Callable[[], N
             hydra_main()
         except CompactHydraException as err:  # Hydra's refusal of the command line: nothing is written yet
             args = get_args_parser().parse_args()
-            refuse(explain(err, args.config_name or name, args.overrides))
+            refuse(explain(err, args.config_name or name, args.overrides, own))
         except ValueError as err:
             if not _composing:  # raised past our own reporting: not a composition error
                 raise
@@ -92,6 +96,12 @@ def command(name: str, run: Callable[[DictConfig, Path], Any]) -> Callable[[], N
             composed()
 
     return main
+
+
+def explain_refusal(err: CompactHydraException, name: str, overrides: list[str]) -> str:
+    """Our words for Hydra's refusal of ``overrides`` in composing ``conf/NAME.yaml``, with that command's
+    own checks (for a sweep's runs, composed by the sweeper)."""
+    return explain(err, name, overrides, _own_checks.get(name, NO_CHECKS))
 
 
 def composed() -> None:
@@ -104,7 +114,7 @@ def composed() -> None:
 
 class CommandStart(Callback):
     """Runs right after Hydra composed the command's config, before it writes anything: takes the
-    run's (or sweep's) folder (``pretrain.run_folder``). Configured in ``hydra.callbacks``."""
+    run's (or sweep's) folder (``pretrain.run.run_folder``). Configured in ``hydra.callbacks``."""
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
         composed()
@@ -168,7 +178,7 @@ def run_command(cfg: DictConfig, run: Callable[[DictConfig, Path], Any]) -> None
         print(f"stopped by SIGTERM; continue with: python -m {hydra.job.config_name} resume={run_dir}", file=sys.stderr)
         sys.exit(143)
     except Exception as err:
-        error = _reported(err, run_dir)
+        error = _reported(err, run_dir, _our_code(run))
         if error is None or hydra.mode == RunMode.MULTIRUN:
             raise
         if not isinstance(error, (NonFiniteLossError, NoSpaceError)):
@@ -188,7 +198,13 @@ def run_command(cfg: DictConfig, run: Callable[[DictConfig, Path], Any]) -> None
         release(hydra_dir)
 
 
-def _reported(err: BaseException, run_dir: Path | None = None) -> BaseException | None:
+def _our_code(run: Callable[[DictConfig, Path], Any]) -> tuple[str, ...]:
+    """The folders of our code: the shared package, and the package of the command that ``run`` belongs to."""
+    command = Path(inspect.getfile(run)).resolve().parent
+    return tuple(str(folder) + os.sep for folder in {SHARED_CODE, command})
+
+
+def _reported(err: BaseException, run_dir: Path | None = None, ours: tuple[str, ...] = ()) -> BaseException | None:
     """The error to report in one line: ours, a full disk, or a ValueError raised on purpose by
     our code (a task refusing a backbone, say); None for anything else, which keeps its traceback."""
     while isinstance(err, InstantiationException) and err.__cause__ is not None:
@@ -202,7 +218,7 @@ def _reported(err: BaseException, run_dir: Path | None = None) -> BaseException 
         tb = err.__traceback__
         while tb.tb_next is not None:
             tb = tb.tb_next
-        if str(Path(tb.tb_frame.f_code.co_filename).resolve()).startswith(OUR_CODE):
+        if str(Path(tb.tb_frame.f_code.co_filename).resolve()).startswith(ours):
             return err
     return None
 

@@ -10,7 +10,7 @@ import lightning as L
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-from pretrain.files import remove_stale_temporaries
+from pretrain.run.files import remove_stale_temporaries
 
 
 class LastCheckpoint(ModelCheckpoint):

@@ -34,8 +34,11 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from pretrain.data import DataError, EpochPairs, ImageDataModule, ImageSet, PairBatches, _stratified_split
-from pretrain.text import printable
+from pretrain.data.batching import EpochPairs, PairBatches
+from pretrain.data.images import DataError, ImageSet
+from pretrain.data.module import ImageDataModule
+from pretrain.data.selection import stratified_split
+from pretrain.run.text import printable
 
 # litdata logs its cache budget and read mode at INFO, in every worker: not news for our users.
 logging.getLogger("litdata").setLevel(logging.WARNING)
@@ -303,5 +306,5 @@ def _sets(root: str, image_size: tuple[int, int] | None, grayscale: bool | None)
     if not classes:  # unlabeled: no test split
         return train, train.subset(torch.arange(0))
     with warnings.catch_warnings():
-        rest, test = _stratified_split(train.labels, 0.2, seed=0)  # fixed, as for an image folder in memory
+        rest, test = stratified_split(train.labels, 0.2, seed=0)  # fixed, as for an image folder in memory
     return train.subset(rest), train.subset(test)

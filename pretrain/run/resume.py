@@ -29,9 +29,9 @@ from hydra.errors import CompactHydraException
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from pretrain.callbacks.finite_loss import nonfinite, some
-from pretrain.compose import compose_config, explain
-from pretrain.validate import ConfigError
+from pretrain.config.compose import compose_config, explain
+from pretrain.config.validate import ConfigError
+from pretrain.run.callbacks.finite_loss import nonfinite, some
 
 AUTO = "auto"
 LAST = Path("checkpoints") / "last.ckpt"
@@ -155,7 +155,7 @@ def resumed_config(cfg: DictConfig, hydra_dir: Path, overrides: list[str], name:
 
     RUN may be anyone's folder, so nothing in it is code or chooses code: its config is composed
     again from ``conf/`` and the overrides it records, and ``validate_config`` then allows only
-    the targets ``conf/`` declares (``pretrain.targets``). Its ``config.yaml`` must match that
+    the targets ``conf/`` declares (``pretrain.config.targets``). Its ``config.yaml`` must match that
     composition: else it was edited, or ``conf/`` changed since, and the run would not continue
     as it started."""
     resume = cfg.get("resume")

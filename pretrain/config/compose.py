@@ -18,7 +18,7 @@ from hydra.errors import CompactHydraException, ConfigCompositionException, Miss
 from omegaconf import DictConfig
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
 
-from pretrain.validate import CONF, ConfigError, _did_you_mean, group_options, validate_config
+from pretrain.config.validate import CONF, NO_CHECKS, Checks, ConfigError, did_you_mean, group_options, validate_config
 
 
 def compose_config(name: str, overrides: Sequence[str]) -> DictConfig:
@@ -30,8 +30,9 @@ def compose_config(name: str, overrides: Sequence[str]) -> DictConfig:
         return compose(config_name=name, overrides=list(overrides))
 
 
-def explain(err: CompactHydraException, name: str, overrides: Sequence[str]) -> str:
-    """What is wrong in ``overrides``, which Hydra refused with ``err`` when composing ``name``."""
+def explain(err: CompactHydraException, name: str, overrides: Sequence[str], own: Checks = NO_CHECKS) -> str:
+    """What is wrong in ``overrides``, which Hydra refused with ``err`` when composing ``name`` (whose own
+    checks are ``own``)."""
     parser = OverridesParser.create()
     try:
         parsed = parser.parse_overrides(list(overrides))
@@ -42,7 +43,7 @@ def explain(err: CompactHydraException, name: str, overrides: Sequence[str]) -> 
     for _ in range(len(overrides)):  # each round appends one key that the config does not have
         if isinstance(err, MissingConfigException) and "/" in (err.missing_cfg_file or "") and err.options:
             group, _, option = err.missing_cfg_file.rpartition("/")
-            return f"{group}={option} is not an option of {group}{_did_you_mean(option, err.options)}"
+            return f"{group}={option} is not an option of {group}{did_you_mean(option, err.options)}"
         key = getattr(err.__cause__, "full_key", None)
         if not isinstance(err.__cause__, ConfigAttributeError | ConfigKeyError) or not key:
             break
@@ -56,7 +57,7 @@ def explain(err: CompactHydraException, name: str, overrides: Sequence[str]) -> 
             err = again
             continue
         try:
-            validate_config(cfg, name)
+            validate_config(cfg, name, own)
         except ConfigError as found:
             return str(found)
         break

@@ -1,0 +1,7 @@
+"""``python -m finetune.report``."""
+
+import sys
+
+from finetune.report.command import main
+
+sys.exit(main())
