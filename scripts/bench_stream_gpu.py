@@ -13,12 +13,14 @@ bound is the model and optimizer that run builds, stepped in a plain loop on one
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import sys
 import time
 from pathlib import Path
 
 import lightning as L
-from bench_common import Figure, hydra_command, quiet
+from bench_common import Figure, child_env, hydra_command, quiet, run_child
 from bench_overhead import build, with_callback
 from bench_stream import make_collection
 
@@ -68,13 +70,24 @@ def run_argv(out: Path, side: int, workers: int, cpu: bool) -> list[str]:
 
 
 def streamed_rate(argv: list[str], run_dir: Path) -> float:
+    """The streamed run's images/s, measured in a process of its own as a user starts it (``main``):
+    nothing this process did before (the preparation's workers, say) is shared with it."""
+    result = run_dir.with_suffix(".json")
+    run_child([sys.executable, __file__, str(result), *argv, f"hydra.run.dir={run_dir}"], child_env())
+    return json.loads(result.read_text())["images_per_s"]
+
+
+def main() -> None:
+    """``python bench_stream_gpu.py RESULT.json OVERRIDES...``: ``python -m pretrain OVERRIDES`` for
+    ``EPOCHS`` epochs; the images of all but the first over their seconds go to RESULT.json."""
     import pretrain.__main__ as pretrain_main
 
+    result, argv = Path(sys.argv[1]), sys.argv[2:]
     clock = ImageClock()
     with with_callback("supervised", clock):
-        hydra_command(pretrain_main.main, [*argv, f"trainer.max_epochs={EPOCHS}", f"hydra.run.dir={run_dir}"])
+        hydra_command(pretrain_main.main, [*argv, f"trainer.max_epochs={EPOCHS}"])
     seconds, images = (sum(column) for column in zip(*clock.epochs[1:], strict=True))
-    return images / seconds
+    result.write_text(json.dumps({"images_per_s": images / seconds}))
 
 
 def random_tensor_rate(argv: list[str], side: int, steps: int) -> float:
@@ -105,7 +118,7 @@ def random_tensor_rate(argv: list[str], side: int, steps: int) -> float:
 
 
 def figures(args: argparse.Namespace, root: Path) -> list[Figure]:
-    from pretrain.prepare import prepare
+    from pretrain.data.prepare import prepare
 
     workers = max(1, (os.cpu_count() or 2) - 2)
     n = 200 if args.tiny else int(args.stream_sizes.split(",")[0])
@@ -135,3 +148,7 @@ def figures(args: argparse.Namespace, root: Path) -> list[Figure]:
             f"{workers} workers decode + resize, augment=light on the GPU, batch {BATCH}",
         )
     ]
+
+
+if __name__ == "__main__":
+    main()

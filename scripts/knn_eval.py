@@ -37,7 +37,8 @@ def main() -> None:
     parser.add_argument("--data", default="fashion_mnist", help="a data set with an official test split")
     parser.add_argument("--backbone", default="cnn", help="a file of conf/backbone, at random initial weights")
     parser.add_argument("--seed", type=int, default=0, help="of the random weights")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="where features are made")
+    default_device = "cuda" if torch.cuda.is_available() else "cpu"
+    parser.add_argument("--device", default=default_device, help="where the features are made")
     parser.add_argument("--encoder", type=Path, action="append", default=[], help="an encoder file (repeatable)")
     parser.add_argument("--k", type=int, default=20)
     parser.add_argument("--temperature", type=float, default=0.07)
