@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 import hydra
-from hydra._internal.utils import get_args_parser  # the command line as @hydra.main reads it
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import CompactHydraException, InstantiationException
 from hydra.experimental.callback import Callback
@@ -35,6 +34,7 @@ from pretrain.encoders import EncoderError
 from pretrain.export import EncoderFileError
 from pretrain.files import NoSpaceError, no_space_cause
 from pretrain.hydra_ddp import rank_processes_rerun_this_job
+from pretrain.internals import args_parser
 from pretrain.resume import (
     AUTO,
     LAST,
@@ -82,12 +82,12 @@ def command(name: str, run: Callable[[DictConfig, Path], Any]) -> Callable[[], N
         try:
             hydra_main()
         except CompactHydraException as err:  # Hydra's refusal of the command line: nothing is written yet
-            args = get_args_parser().parse_args()
+            args = args_parser().parse_args()
             refuse(explain(err, args.config_name or name, args.overrides))
         except ValueError as err:
             if not _composing:  # raised past our own reporting: not a composition error
                 raise
-            refuse(explain_value_error(err, get_args_parser().parse_args().overrides))
+            refuse(explain_value_error(err, args_parser().parse_args().overrides))
         finally:
             composed()
 

@@ -34,7 +34,6 @@ from typing import Any
 
 import lightning as L
 import torch
-from hydra._internal.utils import _locate  # hydra.utils.get_object, without its error log
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
@@ -44,6 +43,7 @@ from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 from pretrain.data import DATA_SETS, ImageDataModule, value_problems
 from pretrain.encoders import BACKBONES, Encoder
 from pretrain.faults import FaultTolerance
+from pretrain.internals import locate
 from pretrain.targets import CONF, undeclared_targets
 from pretrain.tasks.base import PretextTask
 from pretrain.typecheck import describe, fits, parameter_types
@@ -216,7 +216,7 @@ def _did_you_mean(word: str, options: Any) -> str:
 def _check_target(path: str, node: dict[str, Any], problems: list[str]) -> None:
     target = node["_target_"]
     try:
-        obj = _locate(target)
+        obj = locate(target)
     except Exception:  # noqa: BLE001 - Hydra raises several kinds for a path it cannot import
         problems.append(f"{path}._target_={target!r} cannot be imported: check the spelling")
         return
