@@ -18,7 +18,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from conftest import QUIET, REPO, make_config
+from helpers import QUIET, REPO, make_config
 from lightning.fabric.plugins.environments import SLURMEnvironment
 from safetensors.torch import load_file
 from test_sweeps import hydra_command, subprocess_env

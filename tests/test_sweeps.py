@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import QUIET, REPO, hydra_command, make_config
+from helpers import QUIET, REPO, hydra_command, make_config
 from hydra import initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.plugins.sweeper import Sweeper

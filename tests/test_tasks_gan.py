@@ -5,7 +5,7 @@ from __future__ import annotations
 import lightning as L
 import pytest
 import torch
-from conftest import QUIET, make_config
+from helpers import QUIET, make_config
 from synthetic import ADAM, encoder, images, info, loader, trainer
 
 import pretrain.__main__ as pretrain_main

@@ -170,7 +170,7 @@ def test_vit_patch_sizes_and_decoder_options_are_checked():
 @pytest.mark.slow
 def test_a_masked_vit_run_resumed_mid_epoch_ends_with_the_same_weights(tmp_path, monkeypatch):
     import lightning as L
-    from conftest import QUIET, make_config
+    from helpers import QUIET, make_config
 
     import pretrain.__main__ as pretrain_main
 
