@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +12,7 @@ from torch.optim import Optimizer
 
 from pretrain.data import DataInfo
 from pretrain.encoders import Encoder
+from pretrain.figures import labeled_grid
 from pretrain.files import write_image
 from pretrain.internals import ddp_arguments, logged_step, logs_this_step
 
@@ -81,11 +82,11 @@ class PretextTask(L.LightningModule):
         """The encoder as its file stores it (plain weights; a task that reparametrizes them overrides this)."""
         return self.encoder
 
-    def save_figure(self, name: str, images: Tensor, nrow: int) -> None:
-        """Write a grid of 0..1 images as ``name`` in the run folder (the Trainer's ``default_root_dir``);
-        rank 0 only."""
+    def save_figure(self, name: str, rows: Sequence[tuple[str, Tensor]], title: str = "") -> None:
+        """Write labeled rows of 0..1 images (``figures.labeled_grid``) as ``name`` in the run folder
+        (the Trainer's ``default_root_dir``); rank 0 only."""
         if self.trainer.is_global_zero:
-            write_image(Path(self.trainer.default_root_dir) / name, images, nrow=nrow)
+            write_image(Path(self.trainer.default_root_dir) / name, labeled_grid(rows, title), padding=0)
 
     def require_unused_parameters(self, why: str) -> None:
         """Fail clearly where DDP would fail obscurely: a step that leaves parameters unused needs
