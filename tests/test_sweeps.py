@@ -224,13 +224,21 @@ def subprocess_env() -> dict[str, str]:
 
 @pytest.mark.slow
 def test_submitit_local_launcher_runs_a_sweep_end_to_end(tmp_path):
+    """As the basic launcher: each run's results printed; submitit's files only in the sweep, no `%j` folder."""
     sweep = tmp_path / "sweep"
     command = [sys.executable, "-m", "finetune", "-m", "hydra/launcher=submitit_local", "seed=0,1"]
     command += ["trainer.max_epochs=2", f"hydra.sweep.dir={sweep}", *QUIET]
     done = subprocess.run(command, cwd=tmp_path, env=subprocess_env(), capture_output=True, text=True, timeout=400)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "Submitit 'local' sweep output dir" in done.stderr + done.stdout
-    assert list((sweep / ".submitit").iterdir())  # each run was a submitit job, with its own logs
+    logs = [p for p in (sweep / ".submitit").iterdir() if p.name.endswith("_log.out")]
+    assert len(logs) == 2  # each run was a submitit job, with its own logs
+    results = [line for line in done.stdout.splitlines() if line.startswith("test accuracy")]
+    shown = {line.rsplit("results in ", 1)[1] for line in results}
+    assert shown == {str(p) for p in sweep.glob("*/results.json")} and len(shown) == 2
+    assert "submitit INFO" not in done.stdout  # submitit's own log lines are not the runs' output
+    assert [p.name for p in tmp_path.iterdir()] == ["sweep"]
+    assert not [p for p in tmp_path.rglob("*") if "%j" in p.name]
     report = make_report([sweep], min_seeds=2)
     [scratch] = report.configurations
     assert sorted(scratch.by_seed) == [0, 1] and not report.problems
