@@ -46,6 +46,7 @@ from pretrain.resume import (
     slurm_restarts,
 )
 from pretrain.run_folder import LOCK, RunFolderError, hold, release
+from pretrain.run_names import run_folder_name  # noqa: F401 - registers the resolver of hydra.sweep.subdir
 from pretrain.text import printable
 from pretrain.validate import CONF, ConfigError
 

@@ -48,3 +48,14 @@ def hydra_command(main, argv: list[str], monkeypatch) -> int:
     finally:
         GlobalHydra.instance().clear()
         root.handlers[:], root.level = handlers, level
+
+
+def sweep_run_dir(sweep: Path, overrides: list[str]) -> Path:
+    """The folder of the sweep's run with ``overrides`` (one value each, in the command line's order):
+    named by them as Hydra's sweeper writes them (``false`` as ``False``)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    from pretrain.run_names import run_folder_name
+
+    parsed = OverridesParser.create().parse_overrides(overrides)
+    return sweep / run_folder_name([f"{o.get_key_element()}={o.get_value_element_as_str()}" for o in parsed], 0)
