@@ -1,25 +1,12 @@
+"""Pytest fixtures; shared helpers are in tests/helpers.py."""
+
 from __future__ import annotations
 
-import logging
 import os
-import sys
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
-from omegaconf import DictConfig
-
-REPO = Path(__file__).resolve().parents[1]
-CONF = REPO / "conf"
-
-
-def data_root() -> Path | None:
-    """The real data folder: PRETEXT_DATA, else ../shared/data beside the repository."""
-    for candidate in (os.environ.get("PRETEXT_DATA"), REPO.parent / "shared" / "data"):
-        if candidate and (Path(candidate) / "FashionMNIST" / "raw").is_dir():
-            return Path(candidate)
-    return None
+from helpers import data_root
 
 
 @pytest.fixture
@@ -31,30 +18,3 @@ def real_data() -> Path:
             pytest.fail("PRETEXT_REQUIRE_DATA=1 but no data folder: set PRETEXT_DATA to shared/data")
         pytest.skip("no real data folder (set PRETEXT_DATA)")
     return root
-
-
-def make_config(name: str, overrides: list[str] = ()) -> DictConfig:
-    """The config `python -m pretrain|finetune OVERRIDES` would run, composed in-process."""
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        return compose(config_name=name, overrides=list(overrides))
-
-
-QUIET = ["trainer.enable_progress_bar=false", "trainer.enable_model_summary=false"]
-
-
-def hydra_command(main, argv: list[str], monkeypatch) -> int:
-    """``python -m pretrain|finetune ARGV`` (``main`` of either) in this process; its exit status."""
-    monkeypatch.setattr(sys, "argv", ["python", *argv])
-    monkeypatch.setenv("HYDRA_MAIN_MODULE", "__main__")  # find conf/ beside the file, as `python -m finetune` does
-    monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
-    root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
-    GlobalHydra.instance().clear()
-    try:
-        main()
-        return 0
-    except SystemExit as exit:
-        return exit.code
-    finally:
-        GlobalHydra.instance().clear()
-        root.handlers[:], root.level = handlers, level

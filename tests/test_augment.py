@@ -7,7 +7,7 @@ import re
 
 import pytest
 import torch
-from conftest import QUIET, make_config
+from helpers import QUIET, make_config
 from torchvision.transforms.v2 import functional as TF
 
 import pretrain.__main__ as pretrain_main

@@ -10,7 +10,7 @@ from typing import Literal
 
 import pytest
 import torch
-from conftest import CONF, QUIET, REPO, hydra_command, make_config
+from helpers import CONF, QUIET, REPO, hydra_command, make_config
 from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import CONF
+from helpers import CONF
 from omegaconf import OmegaConf
 
 from pretrain.encoders import BACKBONES, EncoderError, GlobalPool, build_encoder, feature_dim, readout

@@ -10,7 +10,7 @@ import sys
 
 import pytest
 import torch
-from conftest import CONF
+from helpers import CONF
 from omegaconf import OmegaConf
 from safetensors import safe_open
 from safetensors.torch import load_file

@@ -19,7 +19,7 @@ import tracemalloc
 
 import pytest
 import torch
-from conftest import QUIET
+from helpers import QUIET
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from safetensors import safe_open

@@ -16,8 +16,8 @@ import sys
 import lightning as L
 import pytest
 import torch
-from conftest import QUIET, REPO, make_config
 from fault_injection import full_disk
+from helpers import QUIET, REPO, make_config
 from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import OmegaConf, open_dict
 from safetensors.torch import load_file

@@ -8,7 +8,7 @@ import math
 import lightning as L
 import pytest
 import torch
-from conftest import REPO
+from helpers import REPO
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 from synthetic import trainer

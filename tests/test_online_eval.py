@@ -9,7 +9,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import make_config
+from helpers import make_config
 from lightning.pytorch.plugins.precision import Precision
 from synthetic import ADAM, snapshot, trainer
 

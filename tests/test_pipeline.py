@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import QUIET, make_config
+from helpers import QUIET, make_config
 from safetensors.torch import load_file
 
 import finetune.__main__ as finetune_main

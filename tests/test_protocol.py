@@ -12,7 +12,7 @@ import sys
 import lightning as L
 import pytest
 import torch
-from conftest import QUIET, REPO, hydra_command, make_config
+from helpers import QUIET, REPO, hydra_command, make_config
 from safetensors.torch import load_file
 from test_report import T975, results
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import QUIET, REPO, hydra_command
+from helpers import QUIET, REPO, hydra_command
 
 import pretrain.__main__ as pretrain_main
 from pretrain.run.run_folder import LOCK, RunFolderError, hold, release

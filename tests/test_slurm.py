@@ -18,7 +18,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from conftest import QUIET, REPO, make_config
+from helpers import QUIET, REPO, make_config, sweep_run_dir
 from lightning.fabric.plugins.environments import SLURMEnvironment
 from safetensors.torch import load_file
 from test_sweeps import hydra_command, subprocess_env
@@ -53,6 +53,11 @@ def slurm() -> None:
 
 def sweep_command(app: str, sweep: Path, *overrides: str) -> list[str]:
     return [sys.executable, "-m", app, "-m", *LAUNCHER, *overrides, f"hydra.sweep.dir={sweep}", *QUIET]
+
+
+def run_dir(sweep: Path, *overrides: str) -> Path:
+    """A run's folder in ``sweep``, named by its overrides in ``sweep_command``'s order (QUIET last)."""
+    return sweep_run_dir(sweep, [*overrides, *QUIET])
 
 
 def job_env() -> dict[str, str]:
@@ -121,7 +126,8 @@ def test_a_cpu_sweep_is_one_job_array_whose_runs_run_at_once_and_once(slurm, tmp
     } <= sbatch_flags(sweep)
     jobs = slurm_jobs(array)
     for n in (0, 1):
-        assert json.loads((sweep / str(n) / "results.json").read_text())["seed"] == n
+        results = run_dir(sweep, f"seed={n}", "trainer.max_epochs=2") / "results.json"
+        assert json.loads(results.read_text())["seed"] == n
         assert f"#{n} SLURM job {array}_{n}: COMPLETED" in console
         log = (sweep / ".submitit" / f"{array}_{n}" / f"{array}_{n}_0_log.out").read_text()
         assert log.count("Starting with JobEnvironment") == 1 and jobs[str(n)]["Restarts"] == "0"  # ran once
@@ -138,7 +144,8 @@ def test_failed_and_killed_runs_are_listed_with_their_jobs_and_one_job_runs_at_a
     sweep = tmp_path / "sweep"
     command = sweep_command("finetune", sweep, "data.label_budget=0,50,100", "trainer.max_epochs=2")
     command.append("hydra.launcher.array_parallelism=1")
-    done = sweep_and_scancel(command, sweep, sweep / "1" / ".hydra" / "config.yaml", "--signal=KILL", "{job}_1.0")
+    killed = run_dir(sweep, "data.label_budget=50", "trainer.max_epochs=2")
+    done = sweep_and_scancel(command, sweep, killed / ".hydra" / "config.yaml", "--signal=KILL", "{job}_1.0")
     assert done.returncode == 1, done.stderr[-3000:]
     err = done.stderr
     array = array_id(sweep)
@@ -146,13 +153,13 @@ def test_failed_and_killed_runs_are_listed_with_their_jobs_and_one_job_runs_at_a
     logs = [sweep / ".submitit" / f"{array}_{n}" / f"{array}_{n}_0_log.out" for n in range(3)]
     failures = err[err.index("2 of 3 runs failed") :]
     assert "#0 data.label_budget=0 " in failures and "#1 data.label_budget=50 " in failures and "#2" not in failures
-    assert f"({sweep / '0'}; SLURM job {array}_0, log {logs[0]}): ConfigError: invalid configuration" in failures
+    failed = run_dir(sweep, "data.label_budget=0", "trainer.max_epochs=2")
+    assert f"({failed}; SLURM job {array}_0, log {logs[0]}): ConfigError: invalid configuration" in failures
     assert "data.label_budget=0 must be at least 1" in logs[0].read_text()
-    assert (
-        f"({sweep / '1'}; SLURM job {array}_1, log {logs[1]}): SlurmJobError: the job ended without a result"
-        in failures
-    )
-    assert sorted(p.parent.name for p in sweep.glob("*/results.json")) == ["2"]
+    assert f"({killed}; SLURM job {array}_1, log {logs[1]}): SlurmJobError: the job ended without a result" in failures
+    assert list(sweep.glob("*/results.json")) == [
+        run_dir(sweep, "data.label_budget=100", "trainer.max_epochs=2") / "results.json"
+    ]
     jobs = slurm_jobs(array)
     spans = [span(jobs[str(n)]) for n in range(3)]
     assert spans[0][1] <= spans[1][0] and spans[1][1] <= spans[2][0]  # array_parallelism=1: one after the other
@@ -177,7 +184,8 @@ def test_a_run_signalled_before_its_time_limit_is_requeued_and_ends_as_if_never_
     limits = ["hydra.launcher.timeout_min=10", "hydra.launcher.max_num_timeout=1"]
     command = sweep_command("pretrain", sweep, *PRETRAIN, *limits)
     # What SLURM sends signal_delay_s before the time limit, once the run has a checkpoint; no resume=auto given.
-    done = sweep_and_scancel(command, sweep, sweep / "0" / "checkpoints" / "last.ckpt", "--signal=USR2", "{job}")
+    run = run_dir(sweep, *PRETRAIN)
+    done = sweep_and_scancel(command, sweep, run / "checkpoints" / "last.ckpt", "--signal=USR2", "{job}")
     assert done.returncode == 0, done.stderr[-3000:]
     job = array_id(sweep)
     log = (sweep / ".submitit" / job / f"{job}_0_log.out").read_text()
@@ -188,7 +196,7 @@ def test_a_run_signalled_before_its_time_limit_is_requeued_and_ends_as_if_never_
     assert slurm_jobs(job)[""]["Restarts"] == "1"
     assert f"#0 SLURM job {job}: COMPLETED" in done.stdout + done.stderr
     requeued, uninterrupted = (
-        load_file(sweep / "0" / "encoder.safetensors"),
+        load_file(run / "encoder.safetensors"),
         load_file(reference / "encoder.safetensors"),
     )
     assert requeued.keys() == uninterrupted.keys()

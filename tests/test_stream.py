@@ -13,7 +13,7 @@ import sys
 import numpy as np
 import pytest
 import torch
-from conftest import QUIET, REPO, make_config
+from helpers import QUIET, REPO, make_config
 from safetensors.torch import load_file
 from synthetic import image_folder
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import QUIET, REPO, hydra_command, make_config
+from helpers import QUIET, REPO, hydra_command, make_config, sweep_run_dir
 from hydra import initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.plugins.sweeper import Sweeper
@@ -47,21 +47,26 @@ def test_multirun_survives_a_failed_run_and_the_report_matches_its_results(tmp_p
     encoder = encoder_file(tmp_path / "enc.safetensors", **backbone)
     missing = tmp_path / "missing.safetensors"
     sweep = tmp_path / "sweep"
+    same = ["trainer.max_epochs=2", "schedule.unfreeze_epoch=1", "trainer.log_every_n_steps=2"]
+    same += ["data.min_batches_per_epoch=null", *QUIET]  # an epoch: one pass, 4 steps
     status = hydra_command(
         finetune_main.main,
-        ["-m", f"encoder={missing},{encoder},none", "seed=0,1", "trainer.max_epochs=2", "schedule.unfreeze_epoch=1"]
-        + ["trainer.log_every_n_steps=2", "data.min_batches_per_epoch=null"]  # an epoch: one pass, 4 steps
-        + [f"hydra.sweep.dir={sweep}", *QUIET],
+        ["-m", f"encoder={missing},{encoder},none", "seed=0,1", *same, f"hydra.sweep.dir={sweep}"],
         monkeypatch,
     )
+
+    def folder(encoder, seed):  # a run's folder, named by its overrides
+        return sweep_run_dir(sweep, [f"encoder={encoder}", f"seed={seed}", *same])
+
     # The two runs with the missing encoder came first; the four after them still ran.
     assert status == 1
     err = capsys.readouterr().err
     assert "2 of 6 runs failed" in err and f"#0 encoder={missing} seed=0" in err and "#1 " in err
     assert "EncoderFileError" in err and "#2" not in err
-    assert "Traceback" in (sweep / "1" / "finetune.log").read_text()  # the failed run's own log has its traceback
+    assert "Traceback" in (folder(missing, 1) / "finetune.log").read_text()  # the failed run's own log has it
     files = sorted(sweep.glob("*/results.json"))
-    assert [f.parent.name for f in files] == ["2", "3", "4", "5"]
+    assert sorted(f.parent for f in files) == sorted(folder(e, s) for e in (encoder, "none") for s in (0, 1))
+    assert folder("none", 1).name.startswith("encoder-none+seed-1+trainer.max_epochs-2+schedule.unfreeze_epoch-1+")
 
     results = [json.loads(f.read_text()) for f in files]
     acc = {(r["encoder_file"] is not None, r["seed"]): r["test_acc"] for r in results}
@@ -76,14 +81,13 @@ def test_multirun_survives_a_failed_run_and_the_report_matches_its_results(tmp_p
     assert pretrained.baseline is scratch and pretrained.diffs == pytest.approx(diffs)
     assert pretrained.diff.mean == pytest.approx(sum(diffs) / 2)
     assert len(report.problems) == 2
-    for problem, n in zip(report.problems, "01", strict=True):
-        assert (
-            problem.startswith(f"{sweep / n / 'results.json'}: missing") and str(sweep / n / "finetune.log") in problem
-        )
+    for problem, seed in zip(report.problems, (0, 1), strict=True):
+        run = folder(missing, seed)
+        assert problem.startswith(f"{run / 'results.json'}: missing") and str(run / "finetune.log") in problem
 
     # Logging: the gradient norm every log_every_n_steps steps (4 steps an epoch here), and
     # TensorBoard on the sweep folder finds every run with its curves.
-    log = (sweep / "5" / "csv" / "metrics.csv").read_text().splitlines()
+    log = (folder("none", 1) / "csv" / "metrics.csv").read_text().splitlines()
     header = log[0].split(",")
     rows = [dict(zip(header, line.split(","), strict=True)) for line in log[1:]]
     assert [int(r["step"]) for r in rows if r["train/grad_norm"]] == [1, 3, 5, 7]
@@ -91,7 +95,7 @@ def test_multirun_survives_a_failed_run_and_the_report_matches_its_results(tmp_p
     tensorboard = EventMultiplexer().AddRunsFromDirectory(str(sweep))
     tensorboard.Reload()
     runs = tensorboard.Runs()
-    assert sorted(runs) == [f"{n}/tensorboard" for n in "2345"]
+    assert sorted(runs) == sorted(f"{folder(e, s).name}/tensorboard" for e in (encoder, "none") for s in (0, 1))
     for run in runs:
         assert {"train/grad_norm", "train/loss_step", "test/acc", "lr-Adam/head", "lr-Adam/encoder"} <= set(
             runs[run]["scalars"]
@@ -224,13 +228,21 @@ def subprocess_env() -> dict[str, str]:
 
 @pytest.mark.slow
 def test_submitit_local_launcher_runs_a_sweep_end_to_end(tmp_path):
+    """As the basic launcher: each run's results printed; submitit's files only in the sweep, no `%j` folder."""
     sweep = tmp_path / "sweep"
     command = [sys.executable, "-m", "finetune", "-m", "hydra/launcher=submitit_local", "seed=0,1"]
     command += ["trainer.max_epochs=2", f"hydra.sweep.dir={sweep}", *QUIET]
     done = subprocess.run(command, cwd=tmp_path, env=subprocess_env(), capture_output=True, text=True, timeout=400)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "Submitit 'local' sweep output dir" in done.stderr + done.stdout
-    assert list((sweep / ".submitit").iterdir())  # each run was a submitit job, with its own logs
+    logs = [p for p in (sweep / ".submitit").iterdir() if p.name.endswith("_log.out")]
+    assert len(logs) == 2  # each run was a submitit job, with its own logs
+    results = [line for line in done.stdout.splitlines() if line.startswith("test accuracy")]
+    shown = {line.rsplit("results in ", 1)[1] for line in results}
+    assert shown == {str(p) for p in sweep.glob("*/results.json")} and len(shown) == 2
+    assert "submitit INFO" not in done.stdout  # submitit's own log lines are not the runs' output
+    assert [p.name for p in tmp_path.iterdir()] == ["sweep"]
+    assert not [p for p in tmp_path.rglob("*") if "%j" in p.name]
     report = make_report([sweep], min_seeds=2)
     [scratch] = report.configurations
     assert sorted(scratch.by_seed) == [0, 1] and not report.problems
@@ -249,10 +261,10 @@ def test_ddp_on_two_cpu_processes_in_a_multirun(tmp_path):
 
     [sweep] = (tmp_path / "multirun" / "finetune").glob("*/*")  # the rank-1 processes started no sweep of their own
     assert sorted(p.name for p in tmp_path.iterdir()) == ["enc.safetensors", "multirun"]
-    assert sorted(p.name for p in sweep.iterdir() if p.is_dir()) == ["0", "1"]
-    assert sorted(tmp_path.rglob("results.json")) == [sweep / "0" / "results.json", sweep / "1" / "results.json"]
-    for seed in (0, 1):
-        run = sweep / str(seed)
+    runs = [sweep_run_dir(sweep, [o.replace("seed=0,1", f"seed={s}") for o in command[3:]]) for s in (0, 1)]
+    assert sorted(p for p in sweep.iterdir() if p.is_dir()) == sorted(runs)
+    assert sorted(tmp_path.rglob("results.json")) == sorted(run / "results.json" for run in runs)
+    for seed, run in enumerate(runs):
         assert json.loads((run / "results.json").read_text())["seed"] == seed
         probes = [json.loads((run / f"probe-rank{rank}.json").read_text()) for rank in (0, 1)]
         assert [(p["rank"], p["world_size"]) for p in probes] == [(0, 2), (1, 2)]

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 import yaml
-from conftest import QUIET, REPO, make_config
+from helpers import QUIET, REPO, make_config
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 

@@ -10,7 +10,7 @@ import lightning as L
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import QUIET, make_config
+from helpers import QUIET, make_config
 from safetensors.torch import load_file
 from synthetic import ADAM, encoder, info
 

@@ -5,12 +5,13 @@ from __future__ import annotations
 import lightning as L
 import pytest
 import torch
-from conftest import QUIET, make_config
+from helpers import QUIET, make_config
 from synthetic import ADAM, encoder, images, info, loader, trainer
 
 import pretrain.__main__ as pretrain_main
 from pretrain.encoder_file.checkpoint import export_checkpoint
 from pretrain.encoder_file.format import load_encoder
+from pretrain.tasks.figures import label_width, title_height
 from pretrain.tasks.gan import GAN, Generator
 
 
@@ -63,7 +64,11 @@ def test_gradient_clip_val_on_the_command_line_just_works(tmp_path):
     overrides += ["trainer.gradient_clip_val=0.5", "task.spectral_norm=true", *QUIET]
     results = pretrain_main.run(make_config("pretrain", overrides), tmp_path)
     assert results["task"] == "gan"
-    assert (tmp_path / "samples" / "epoch_000.png").is_file()
+    from PIL import Image
+
+    with Image.open(tmp_path / "samples" / "epoch_000.png") as im:  # 8 rows of 8 samples of 8x8 digits, 4x, labeled
+        labels = [f"noise {i}-{i + 7}" for i in range(0, 64, 8)]
+        assert im.size == (label_width(labels) + (8 * 9 + 1) * 4, title_height("epoch 0") + 8 * 10 * 4)
     file = load_encoder(tmp_path / "encoder.safetensors")
     assert file.pretext_task == "gan" and not any("parametrizations" in k for k in file.encoder.state_dict())
     # The checkpoint (spectral norm stored reparametrized) exports to the same plain weights.
@@ -83,3 +88,15 @@ def test_losses_are_non_saturating_and_smoothed():
     assert task.generator_loss(very_fake) > 19  # log(1 - D(G(z))) would have no gradient left here
     perfect = task.discriminator_loss(torch.full((4,), 20.0), very_fake)
     assert perfect > 1.5  # real images labelled 0.9: overconfidence costs
+
+
+def test_the_sample_rows_follow_the_generator():
+    torch.manual_seed(0)
+    task = GAN(encoder("cnn"), ADAM, info())
+    before = task.preview_rows()
+    with torch.no_grad():
+        next(task.generator.parameters()).add_(0.5)
+    after = task.preview_rows()
+    assert [label for label, _ in after][:2] == ["noise 0-7", "noise 8-15"] and len(after) == 8
+    assert all(images.shape == (8, 1, 16, 16) for _, images in after)
+    assert all(not torch.equal(a, b) for (_, a), (_, b) in zip(before, after, strict=True))

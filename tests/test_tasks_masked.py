@@ -8,6 +8,7 @@ import torch
 from synthetic import ADAM, encoder, images, info, loader, trainer
 
 from pretrain.encoders import patchify, unpatchify
+from pretrain.tasks.figures import label_width, labeled_grid, title_height
 from pretrain.tasks.masked import MaskedPrediction, masked_patch_loss, random_patch_mask, split_visible
 
 
@@ -75,7 +76,7 @@ def test_default_ratios_and_patch_sizes():
         MaskedPrediction(encoder("cnn"), ADAM, info(), mask_ratio=0.99)
 
 
-def test_a_picture_of_originals_masked_and_reconstructions_is_written_every_epoch(tmp_path):
+def test_a_labeled_enlarged_picture_of_originals_masked_and_predictions_is_written_every_epoch(tmp_path):
     from PIL import Image
 
     task = MaskedPrediction(encoder("cnn"), ADAM, info())
@@ -84,8 +85,9 @@ def test_a_picture_of_originals_masked_and_reconstructions_is_written_every_epoc
     pictures = sorted((tmp_path / "masked").iterdir())
     assert [p.name for p in pictures] == ["epoch_000.png", "epoch_001.png"]
     with Image.open(pictures[-1]) as im:
-        # torchvision's grid: 8 images a row, 3 rows (originals, masked, reconstructions), 2-pixel padding.
-        assert im.size == (8 * 18 + 2, 3 * 18 + 2)
+        # 8 images of 16x16 a row with 1-pixel padding, 3 rows, 4x enlarged, a label column and a title.
+        left = label_width(["original", "masked input", "prediction"])
+        assert im.size == (left + (8 * 17 + 1) * 4, title_height("epoch 1") + 3 * 18 * 4)
     assert not list(tmp_path.glob("masked/.*"))  # no temporary file left
 
 
@@ -140,7 +142,7 @@ def test_split_visible_keeps_the_visible_in_order_and_restores_every_token_to_it
 
 @pytest.mark.parametrize("arch", ["vit", "cnn"])
 @pytest.mark.parametrize("norm_pix", [False, True])
-def test_the_preview_shows_visible_patches_as_given_and_hidden_ones_as_predicted(arch, norm_pix):
+def test_the_preview_shows_the_prediction_in_hidden_patches_and_nothing_of_the_image(arch, norm_pix):
     torch.manual_seed(0)
     task = MaskedPrediction(encoder(arch), ADAM, info(), norm_pix_loss=norm_pix).eval()
     x, _ = images()
@@ -148,7 +150,7 @@ def test_the_preview_shows_visible_patches_as_given_and_hidden_ones_as_predicted
     hidden = task.hidden_pixels(mask).expand_as(x)
     masked, shown = task.reconstruct(x, torch.Generator().manual_seed(2))
     assert torch.equal(masked, x.masked_fill(hidden, 0.0))
-    assert torch.equal(shown[~hidden], x[~hidden])
+    assert (shown[~hidden] == 0).all()  # visible patches blank, as hidden ones in the input
     with torch.no_grad():
         prediction = task(x, mask)
     if not norm_pix:
@@ -170,7 +172,7 @@ def test_vit_patch_sizes_and_decoder_options_are_checked():
 @pytest.mark.slow
 def test_a_masked_vit_run_resumed_mid_epoch_ends_with_the_same_weights(tmp_path, monkeypatch):
     import lightning as L
-    from conftest import QUIET, make_config
+    from helpers import QUIET, make_config
 
     import pretrain.__main__ as pretrain_main
 
@@ -199,3 +201,20 @@ def test_a_masked_vit_run_resumed_mid_epoch_ends_with_the_same_weights(tmp_path,
     ]
     assert states[0].keys() == states[1].keys() and any(k.startswith("decoder.blocks") for k in states[0])
     assert all(torch.equal(states[0][k], states[1][k]) for k in states[0])  # bit for bit, decoder included
+
+
+def test_the_prediction_row_and_only_it_follows_the_model():
+    torch.manual_seed(0)
+    task = MaskedPrediction(encoder("cnn"), ADAM, info())
+    x, _ = images()
+    before = task.preview_rows(x[:4])
+    with torch.no_grad():
+        next(task.decoder.parameters()).add_(0.5)
+    after = task.preview_rows(x[:4])
+    assert [label for label, _ in after] == ["original", "masked input", "prediction"]
+    assert torch.equal(before[0][1], after[0][1]) and torch.equal(before[1][1], after[1][1])
+    assert not torch.equal(before[2][1], after[2][1])
+    # In the picture too: the rows are 18 * 4 pixels high, below no title.
+    a, b = labeled_grid(before), labeled_grid(after)
+    assert a.shape == b.shape and torch.equal(a[:, : 2 * 72], b[:, : 2 * 72])
+    assert not torch.equal(a[:, 2 * 72 :], b[:, 2 * 72 :])

@@ -7,7 +7,7 @@ import csv
 
 import pytest
 import torch
-from conftest import QUIET, make_config
+from helpers import QUIET, make_config
 
 import finetune.__main__ as finetune_main
 import pretrain.__main__ as pretrain_main

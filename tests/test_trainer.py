@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from conftest import QUIET, make_config
+from helpers import QUIET, make_config
 from lightning.pytorch.profilers import SimpleProfiler
 
 import pretrain.__main__ as pretrain_main

@@ -67,7 +67,7 @@ def job_states(delay_s: float) -> Any:
             self.source: str | None = None
             self.seen: set[str] = set()
 
-        def _make_command(self) -> list[str] | None:
+        def _make_command(self) -> list[str] | None:  # see pretrain.internals.OVERRIDDEN
             sacct = super()._make_command()
             if sacct is None:
                 return None
@@ -105,7 +105,7 @@ class SlurmLauncher(submitit_launcher.SlurmLauncher):
         # The plugin's launch up to the submission: the executor, its parameters, the sweep folder.
         params = dict(self.params)
         executor = submitit.AutoExecutor(
-            cluster=self._EXECUTOR,
+            cluster="slurm",
             folder=params.pop("submitit_folder"),
             slurm_max_num_timeout=params.pop("max_num_timeout"),
         )
@@ -162,12 +162,9 @@ class SlurmLauncher(submitit_launcher.SlurmLauncher):
                 message = lines[end - 1].strip() if end > 0 else type(error).__name__
             else:  # UncompletedJobError: no result file
                 message = f"the job ended without a result (SLURM state: {job.state})"
-            run = JobReturn(
-                overrides=list(overrides),
-                hydra_cfg=self.job_config(overrides, num),
-                status=JobStatus.FAILED,
-                _return_value=SlurmJobError(message),
-            )
+            config = self.job_config(overrides, num)
+            run = JobReturn(overrides=list(overrides), hydra_cfg=config, status=JobStatus.FAILED)
+            run.return_value = SlurmJobError(message)
         return SlurmJobReturn(**vars(run), job_id=job.job_id, log=str(first_task.paths.stdout))
 
     def job_config(self, overrides: Sequence[str], num: int) -> Any:

@@ -19,12 +19,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.config_loader import ConfigLoader
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.utils import JobReturn, JobStatus, filter_overrides
 from hydra.errors import CompactHydraException, ConfigCompositionException
 from omegaconf import OmegaConf
+
+from pretrain.internals import basic_sweeper, configured_sweep, job_error
 
 
 class SweepFailures(CompactHydraException):
@@ -32,7 +33,7 @@ class SweepFailures(CompactHydraException):
 
 
 def describe_failure(job_num: int, job_return: JobReturn) -> str:
-    error = job_return._return_value  # the exception; JobReturn.return_value would re-raise it
+    error = job_error(job_return)
     folder = job_return.hydra_cfg.hydra.runtime.output_dir if job_return.hydra_cfg else "?"
     # slurm_launcher.SlurmJobReturn's fields; not isinstance: Hydra's plugin scan executes plugin modules again,
     # and the class a module imported before is then not the class of what the launcher returns.
@@ -73,13 +74,13 @@ def runs_to_compose(batch: Sequence[Sequence[str]], groups: set[str]) -> list[Se
     return list(kinds.values())
 
 
-class TolerantSweeper(BasicSweeper):
+class TolerantSweeper(basic_sweeper()):
     """``BasicSweeper`` (same config: ``max_batch_size``, ``params``) that runs on past failures."""
 
     def sweep(self, arguments: list[str]) -> Any:
         assert self.config is not None and self.launcher is not None and self.hydra_context is not None
         parser = OverridesParser.create(config_loader=self.hydra_context.config_loader)
-        overrides = parser.parse_overrides([*self._parse_config(), *arguments])
+        overrides = parser.parse_overrides([*configured_sweep(self), *arguments])
         self.overrides = self.split_arguments(overrides, self.max_batch_size)
         sweep_dir = Path(self.config.hydra.sweep.dir)
         sweep_dir.mkdir(parents=True, exist_ok=True)

@@ -35,7 +35,6 @@ from typing import Any
 
 import lightning as L
 import torch
-from hydra._internal.utils import _locate  # hydra.utils.get_object, without its error log
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
@@ -47,6 +46,7 @@ from pretrain.config.typecheck import describe, fits, parameter_types
 from pretrain.data.module import ImageDataModule, value_problems
 from pretrain.data.sources import DATA_SETS
 from pretrain.encoders import BACKBONES
+from pretrain.internals import locate
 from pretrain.run.faults import FaultTolerance
 from pretrain.tasks.base import PretextTask
 
@@ -216,7 +216,7 @@ def did_you_mean(word: str, options: Any) -> str:
 def _check_target(path: str, node: dict[str, Any], problems: list[str]) -> None:
     target = node["_target_"]
     try:
-        obj = _locate(target)
+        obj = locate(target)
     except Exception:  # noqa: BLE001 - Hydra raises several kinds for a path it cannot import
         problems.append(f"{path}._target_={target!r} cannot be imported: check the spelling")
         return

@@ -254,7 +254,7 @@ SOURCES = {
 
 DATA_SETS = sorted([*SOURCES, "folder", "faces", "stream"])
 """Every name ``data.name`` may take (folder and faces read any root, with their own options; stream is
-``pretrain.stream.StreamDataModule``'s)."""
+``pretrain.data.stream.StreamDataModule``'s)."""
 
 
 @functools.lru_cache(maxsize=8)

@@ -38,6 +38,7 @@ from pretrain.data.batching import EpochPairs, PairBatches
 from pretrain.data.images import DataError, ImageSet
 from pretrain.data.module import ImageDataModule
 from pretrain.data.selection import stratified_split
+from pretrain.internals import download_with_litdata
 from pretrain.run.text import printable
 
 # litdata logs its cache budget and read mode at INFO, in every worker: not news for our users.
@@ -99,13 +100,11 @@ def _local(root: str, name: str, cache: Path) -> Path:
     """``root/name`` on this machine: itself for a local folder, a downloaded copy for object storage."""
     if "://" not in root:
         return Path(root) / name
-    from litdata.streaming.fs_provider import _get_fs_provider  # the engine's own storage clients
-
     local = cache / name
     local.parent.mkdir(parents=True, exist_ok=True)
     remote = f"{root.rstrip('/')}/{name}"
     try:
-        _get_fs_provider(remote).download_file(remote, str(local))
+        download_with_litdata(remote, local)
     except Exception as err:  # noqa: BLE001 - whatever the storage client says, in one line
         raise DataError(f"cannot read {printable(remote)}: {type(err).__name__}: {printable(err)}") from None
     return local

@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 import hydra
-from hydra._internal.utils import get_args_parser  # the command line as @hydra.main reads it
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import CompactHydraException, InstantiationException
 from hydra.experimental.callback import Callback
@@ -34,6 +33,7 @@ from pretrain.config.validate import CONF, NO_CHECKS, Checks, ConfigError
 from pretrain.data.images import DataError
 from pretrain.encoder_file.format import EncoderFileError
 from pretrain.encoders import EncoderError
+from pretrain.internals import args_parser
 from pretrain.run.callbacks.finite_loss import NonFiniteLossError
 from pretrain.run.files import NoSpaceError, no_space_cause
 from pretrain.run.hydra_ddp import rank_processes_rerun_this_job
@@ -48,6 +48,7 @@ from pretrain.run.resume import (
     slurm_restarts,
 )
 from pretrain.run.run_folder import LOCK, RunFolderError, hold, release
+from pretrain.run.run_names import run_folder_name  # noqa: F401 - registers the resolver of hydra.sweep.subdir
 from pretrain.run.text import printable
 
 INPUT_ERRORS = (ConfigError, DataError, EncoderError, EncoderFileError, RunFolderError)
@@ -86,12 +87,12 @@ def command(name: str, run: Callable[[DictConfig, Path], Any], own: Checks = NO_
         try:
             hydra_main()
         except CompactHydraException as err:  # Hydra's refusal of the command line: nothing is written yet
-            args = get_args_parser().parse_args()
+            args = args_parser().parse_args()
             refuse(explain(err, args.config_name or name, args.overrides, own))
         except ValueError as err:
             if not _composing:  # raised past our own reporting: not a composition error
                 raise
-            refuse(explain_value_error(err, get_args_parser().parse_args().overrides))
+            refuse(explain_value_error(err, args_parser().parse_args().overrides))
         finally:
             composed()
 

@@ -9,18 +9,19 @@ from pathlib import Path
 from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 
+from pretrain.internals import csv_writer, set_csv_writer
 from pretrain.run.files import write_text
 
 
 class _ContinuingWriter(ExperimentWriter):
-    def _check_log_dir_exists(self) -> None:
+    def _check_log_dir_exists(self) -> None:  # see internals.OVERRIDDEN
         # Lightning (2.6) deletes an existing metrics.csv here; a resumed run appends to it.
         path = Path(self.metrics_file_path)
         if path.is_file():
             with open(path, newline="") as f:
                 self.metrics_keys = next(csv.reader(f), [])
 
-    def _rewrite_with_new_header(self, fieldnames: list[str]) -> None:
+    def _rewrite_with_new_header(self, fieldnames: list[str]) -> None:  # see internals.OVERRIDDEN
         # A new column means rewriting the whole file: through a temporary file, so a kill
         # during it leaves the old log whole.
         with open(self.metrics_file_path, newline="") as f:
@@ -39,7 +40,4 @@ class ContinuingCSVLogger(CSVLogger):
 
     @property
     def experiment(self) -> ExperimentWriter:
-        if self._experiment is None:
-            self._fs.makedirs(self.root_dir, exist_ok=True)
-            self._experiment = _ContinuingWriter(log_dir=self.log_dir)
-        return self._experiment
+        return csv_writer(self) or set_csv_writer(self, _ContinuingWriter(log_dir=self.log_dir))

@@ -9,6 +9,8 @@ from hydra.core.utils import JobReturn, JobStatus
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
+from pretrain.internals import job_error
+
 log = logging.getLogger(__name__)
 
 
@@ -22,5 +24,5 @@ class LogJobError(Callback):
 
     def on_job_end(self, config: DictConfig, job_return: JobReturn, **kwargs: Any) -> None:
         if job_return.status == JobStatus.FAILED:
-            error = job_return._return_value  # JobReturn.return_value would raise it
+            error = job_error(job_return)
             log.error("this run failed", exc_info=(type(error), error, error.__traceback__))

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +12,9 @@ from torch.optim import Optimizer
 
 from pretrain.data.module import DataInfo
 from pretrain.encoders import Encoder
+from pretrain.internals import ddp_arguments, logged_step, logs_this_step
 from pretrain.run.files import write_image
+from pretrain.tasks.figures import labeled_grid
 
 OptimizerFactory = Callable[[Iterable[Any]], Optimizer]
 """``functools.partial(torch.optim.X, lr=..., ...)``, as Hydra builds it from ``conf/optimizer``."""
@@ -44,15 +46,6 @@ class PretextTask(L.LightningModule):
         rules on its values overrides this, and checks them when it is built too."""
         return []
 
-    def __setattr__(self, name: str, value: Any) -> None:
-        # Lightning writes the name of the hook it calls here before and after every hook, some 40
-        # times a step. nn.Module's __setattr__ first looks for a parameter, buffer or submodule of
-        # that name, ~4 us a time on CPU; this attribute is a plain string.
-        if name == "_current_fx_name":
-            object.__setattr__(self, name, value)
-        else:
-            super().__setattr__(name, value)
-
     def log_train(self, values: Mapping[str, Tensor], batch_size: int) -> None:
         """Log training values as ``train/NAME_step``, on the steps the loggers write (every
         ``log_every_n_steps``), and ``train/NAME_epoch``, their mean over the epoch's images
@@ -69,7 +62,7 @@ class PretextTask(L.LightningModule):
             total, images = self._epoch_sums.get(name, (None, 0))
             total = value * batch_size if total is None else total.add_(value, alpha=batch_size)
             self._epoch_sums[name] = (total, images + batch_size)
-        if self.trainer._logger_connector.should_update_logs:  # what Lightning's own monitors test
+        if logs_this_step(self.trainer):
             self.log_dict({f"train/{k}_step": v for k, v in values.items()}, on_step=True, on_epoch=False)
 
     def on_train_epoch_end(self) -> None:
@@ -78,7 +71,7 @@ class PretextTask(L.LightningModule):
         if means:
             self.epoch_means = means
             # The step and the epoch column as Lightning's own epoch logs have them.
-            step = getattr(self.trainer.fit_loop.epoch_loop, "_batches_that_stepped", self.global_step)
+            step = logged_step(self.trainer)
             for logger in self.loggers:
                 logger.log_metrics({**means, "epoch": self.current_epoch}, step=step)
 
@@ -89,16 +82,16 @@ class PretextTask(L.LightningModule):
         """The encoder as its file stores it (plain weights; a task that reparametrizes them overrides this)."""
         return self.encoder
 
-    def save_figure(self, name: str, images: Tensor, nrow: int) -> None:
-        """Write a grid of 0..1 images as ``name`` in the run folder (the Trainer's ``default_root_dir``);
-        rank 0 only."""
+    def save_figure(self, name: str, rows: Sequence[tuple[str, Tensor]], title: str = "") -> None:
+        """Write labeled rows of 0..1 images (``figures.labeled_grid``) as ``name`` in the run folder
+        (the Trainer's ``default_root_dir``); rank 0 only."""
         if self.trainer.is_global_zero:
-            write_image(Path(self.trainer.default_root_dir) / name, images, nrow=nrow)
+            write_image(Path(self.trainer.default_root_dir) / name, labeled_grid(rows, title), padding=0)
 
     def require_unused_parameters(self, why: str) -> None:
         """Fail clearly where DDP would fail obscurely: a step that leaves parameters unused needs
         ``find_unused_parameters``."""
-        ddp_kwargs = getattr(self.trainer.strategy, "_ddp_kwargs", {})  # DDPStrategy keeps its DDP arguments here
+        ddp_kwargs = ddp_arguments(self.trainer.strategy)
         if self.trainer.world_size > 1 and not ddp_kwargs.get("find_unused_parameters", False):
             raise ValueError(f"task {self.name}: {why}; under DDP set trainer.strategy=ddp_find_unused_parameters_true")
 

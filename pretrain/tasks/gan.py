@@ -232,11 +232,19 @@ class GAN(PretextTask):
             on_epoch=True,
         )
 
-    def on_train_epoch_end(self) -> None:
-        super().on_train_epoch_end()
+    def preview_rows(self) -> list[tuple[str, Tensor]]:
+        """The generator's images of ``sample_noise``, 8 a row, labeled by their noise vectors."""
         was_training = self.training
         self.eval()
         with torch.no_grad():
             samples = self.generator(self.sample_noise)
         self.train(was_training)
-        self.save_figure(f"samples/epoch_{self.current_epoch:03d}.png", samples, nrow=8)
+        return [(f"noise {i}-{i + 7}", samples[i : i + 8]) for i in range(0, len(samples), 8)]
+
+    def on_train_epoch_end(self) -> None:
+        super().on_train_epoch_end()
+        self.save_figure(
+            f"samples/epoch_{self.current_epoch:03d}.png",
+            self.preview_rows(),
+            title=f"epoch {self.current_epoch}: generated from the same noise every epoch",
+        )

@@ -231,8 +231,9 @@ class MaskedPrediction(PretextTask):
 
     @torch.no_grad()
     def reconstruct(self, images: Tensor, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
-        """``(masked, reconstructed)`` normalized images. The reconstruction shows the visible
-        patches as given and the model's own prediction in the hidden ones.
+        """``(masked, predicted)`` normalized images: the model's input, and its own prediction in the
+        hidden patches with the visible ones blank (0, the data mean, as the input's hidden ones), so
+        that nothing in the picture of the prediction is copied from the image.
 
         Under ``norm_pix_loss`` the model predicts each hidden patch's pattern in per-patch
         normalized units, not its brightness or contrast, and those are the hidden patch's own
@@ -240,24 +241,29 @@ class MaskedPrediction(PretextTask):
         and standard deviation of the image's visible pixels, what the model was given.
         """
         mask, masked = self.mask(images, generator)
-        target = patchify(images, self.patch_size)
         prediction = patchify(self(images, mask), self.patch_size)
         if self.norm_pix_loss:
-            visible = target[~mask].view(len(images), -1)
+            visible = patchify(images, self.patch_size)[~mask].view(len(images), -1)
             prediction = prediction * visible.std(1).view(-1, 1, 1) + visible.mean(1).view(-1, 1, 1)
-        filled = torch.where(mask.unsqueeze(-1), prediction, target)
+        filled = torch.where(mask.unsqueeze(-1), prediction, 0.0)
         return masked, unpatchify(filled, self.patch_size, images.shape[2:])
 
-    def on_train_epoch_end(self) -> None:
-        """``masked/epoch_NNN.png``: a row of the first training images, a row of them as masked,
-        and a row of ``reconstruct``'s (visible patches as given, the model's prediction in the hidden)."""
-        super().on_train_epoch_end()
-        if self._preview is None:
-            return
+    def preview_rows(self, images: Tensor) -> list[tuple[str, Tensor]]:
+        """Labeled rows of 0..1 images: ``images``, them as masked, and the model's prediction of the
+        hidden patches (``reconstruct``); the same mask every epoch."""
         was_training = self.training
         self.eval()
-        generator = torch.Generator(device=self._preview.device).manual_seed(0)
-        masked, reconstructed = self.reconstruct(self._preview, generator)
+        masked, predicted = self.reconstruct(images, torch.Generator(device=images.device).manual_seed(0))
         self.train(was_training)
-        rows = [denormalize(x, self.data_info.mean, self.data_info.std) for x in (self._preview, masked, reconstructed)]
-        self.save_figure(f"masked/epoch_{self.current_epoch:03d}.png", torch.cat(rows), nrow=len(self._preview))
+        rows = zip(("original", "masked input", "prediction"), (images, masked, predicted), strict=True)
+        return [(label, denormalize(x, self.data_info.mean, self.data_info.std)) for label, x in rows]
+
+    def on_train_epoch_end(self) -> None:
+        """``masked/epoch_NNN.png``: ``preview_rows`` of the first training images."""
+        super().on_train_epoch_end()
+        if self._preview is not None:
+            self.save_figure(
+                f"masked/epoch_{self.current_epoch:03d}.png",
+                self.preview_rows(self._preview),
+                title=f"epoch {self.current_epoch}: hidden patches as predicted",
+            )

@@ -12,6 +12,7 @@ import torch
 from lightning.pytorch.trainer.states import TrainerFn
 from torch import Tensor
 
+from pretrain.internals import logged_step
 from pretrain.run.callbacks.last_checkpoint import LastCheckpoint
 
 REMEDIES = (
@@ -93,8 +94,7 @@ class FiniteLossGuard(L.Callback):
             self._losses.append(loss.detach())
             self._device = loss.device
             # The step as the loggers count it (Lightning's own counter; global_step counts optimizer steps).
-            step = getattr(trainer.fit_loop.epoch_loop, "_batches_that_stepped", trainer.global_step)
-            self._seen.append((step, trainer.current_epoch))
+            self._seen.append((logged_step(trainer), trainer.current_epoch))
         if len(self._seen) == self.every_n_steps:
             self.check(trainer)
 
@@ -145,7 +145,7 @@ class FiniteLossGuard(L.Callback):
         self._stop(
             trainer,
             f"the training loss became {value} at step {step} (epoch {epoch}); "
-            f"the run stopped at step {trainer.fit_loop.epoch_loop._batches_that_stepped} (the loss is checked every "
+            f"the run stopped at step {logged_step(trainer)} (the loss is checked every "
             f"{self.every_n_steps} steps, faults.check_finite_every_n_steps, and before every checkpoint)",
             source=self._untested if index == 0 else None,
         )

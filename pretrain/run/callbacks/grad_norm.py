@@ -6,6 +6,8 @@ import lightning as L
 from torch.nn.utils import get_total_norm
 from torch.optim import Optimizer
 
+from pretrain.internals import logs_this_step
+
 
 class GradNormMonitor(L.Callback):
     """Logs ``train/grad_norm``: the 2-norm of all gradients together, before clipping.
@@ -18,8 +20,7 @@ class GradNormMonitor(L.Callback):
     """
 
     def on_before_optimizer_step(self, trainer: L.Trainer, pl_module: L.LightningModule, optimizer: Optimizer) -> None:
-        # The same test as Lightning's own monitors (LearningRateMonitor, DeviceStatsMonitor).
-        if not trainer._logger_connector.should_update_logs:
+        if not logs_this_step(trainer):
             return
         grads = [p.grad for p in pl_module.parameters() if p.grad is not None]
         if not grads:  # no parameter has a gradient (everything frozen)

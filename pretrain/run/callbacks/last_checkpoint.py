@@ -10,6 +10,7 @@ import lightning as L
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
+from pretrain.internals import save_last_checkpoint
 from pretrain.run.files import remove_stale_temporaries
 
 
@@ -41,6 +42,7 @@ class LastCheckpoint(ModelCheckpoint):
             every_n_train_steps=every_n_train_steps,
             enable_version_counter=False,
         )
+        self.step_interval = every_n_train_steps or 0
         self._state_key = super().state_key
         self.written: tuple[Path, int] | None = None
         """The checkpoint this process last wrote (or is writing, in the background) and its global step."""
@@ -50,7 +52,7 @@ class LastCheckpoint(ModelCheckpoint):
         if stage == "fit" and trainer.is_global_zero:
             remove_stale_temporaries(self.dirpath)
 
-    def _save_checkpoint(self, trainer: L.Trainer, filepath: str) -> None:
+    def _save_checkpoint(self, trainer: L.Trainer, filepath: str) -> None:  # see internals.OVERRIDDEN
         super()._save_checkpoint(trainer, filepath)  # raises, and records nothing, if the checkpoint was refused
         self.written = (Path(filepath), trainer.global_step)
 
@@ -65,7 +67,7 @@ class LastCheckpoint(ModelCheckpoint):
     ) -> None:
         # Only the step interval writes here (this class sets no time interval and no monitor): ask
         # it first, before ModelCheckpoint's checks of the trainer's state, ~40 us a step on CPU.
-        if self._every_n_train_steps >= 1 and trainer.global_step % self._every_n_train_steps == 0:
+        if self.step_interval >= 1 and trainer.global_step % self.step_interval == 0:
             super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
 
     # Not ModelCheckpoint's epoch and validation ends: without top-k checkpoints they only copy
@@ -75,15 +77,9 @@ class LastCheckpoint(ModelCheckpoint):
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         last_epoch = trainer.should_stop or trainer.current_epoch + 1 == trainer.max_epochs
-        if self._every_n_train_steps < 1 or last_epoch:
-            self._save_last(trainer)
+        if self.step_interval < 1 or last_epoch:
+            save_last_checkpoint(self, trainer)
 
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
-        if isinstance(exception, SIGTERMException) and self._save_last(trainer) and trainer.is_global_zero:
+        if isinstance(exception, SIGTERMException) and save_last_checkpoint(self, trainer) and trainer.is_global_zero:
             print(f"SIGTERM: saved {self.last_model_path} at step {trainer.global_step}", file=sys.stderr)
-
-    def _save_last(self, trainer: L.Trainer) -> bool:
-        if self._should_skip_saving_checkpoint(trainer):
-            return False
-        self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
-        return True
