@@ -137,6 +137,11 @@ def test_csv_and_unlabeled_folders_and_max_side(tmp_path):
     assert dm.info.classes == () and dm.train_set.labels.tolist() == [-1, -1, -1]
 
 
+def test_an_image_per_class_is_not_all_held_out_for_testing(tmp_path):
+    src = image_folder(tmp_path / "src", classes=2, per_class=1)
+    assert list(prepare(str(src), tmp_path / "out", workers=1)["splits"]) == ["train"]
+
+
 def test_the_command_line(tmp_path):
     src = image_folder(tmp_path / "src", per_class=2)
     env = {**os.environ, "PYTHONPATH": str(REPO)}

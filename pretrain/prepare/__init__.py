@@ -83,6 +83,8 @@ def _test_fifth_apart(split: Split) -> list[Split]:
     stretch of consecutive images, each with a fixed cost: holding this fifth out at training time would cut
     every epoch into runs of about five images."""
     rest, test = _stratified_split(torch.tensor(split.labels), 0.2, seed=0)
+    if not len(rest):  # an image or so per class: nothing would be left to train on, as in memory
+        return [split]
     return [
         Split(name, [split.refs[i] for i in part.tolist()], [split.labels[i] for i in part.tolist()])
         for name, part in (("train", rest), ("test", test))
