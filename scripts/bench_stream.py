@@ -3,13 +3,15 @@ training step, peak memory of a one-epoch run, training img/s against torchvisio
 
 The collection is made on the fly: random crops of scikit-learn's two sample photographs, 96 to 128 px,
 JPEG-encoded, in 10 class folders (``--stream-sizes``, default 10,000 and 200,000 images; ``--tiny``: 200).
-Both readers decode with PIL and resize to 96x96 in 2 DataLoader workers, batches of 128, shuffled; the
-streamed batches then get the pipeline's own flips and normalization, the ImageFolder ones the same ops.
+Both readers decode with torchvision.io and resize to 96x96 in 2 DataLoader workers, batches of 128, shuffled;
+the streamed batches then get the pipeline's own flips and normalization, the ImageFolder ones the same ops.
+ImageFolder with its default loader (PIL) is measured beside them, and the repeats of all three interleave.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import multiprocessing
 import statistics
 import sys
@@ -49,12 +51,12 @@ def _write_crops(folder: Path, indices: range, seed: int, sides: tuple[int, int]
         Image.fromarray(photo[y : y + h, x : x + w]).save(folder / f"c{i % 10}" / f"{i}.jpg", quality=90)
 
 
-def stream_epoch(out: Path) -> tuple[float, int]:
+def stream_epoch(out: Path, val_size: float = 0) -> tuple[float, int]:
     """One epoch of streamed training batches, flipped and normalized as a training step receives them."""
     from pretrain.data.stream import StreamDataModule
 
     dm = StreamDataModule(
-        name="stream", root=str(out), image_size=[SIDE, SIDE], num_workers=WORKERS, val_size=0, batch_size=BATCH
+        name="stream", root=str(out), image_size=[SIDE, SIDE], num_workers=WORKERS, val_size=val_size, batch_size=BATCH
     )
     dm.setup("fit")
     loader = dm.train_dataloader()
@@ -89,18 +91,24 @@ def _flip(x):
     return Augment(hflip=True)(x)  # a flip only moves pixels: the 0..255 floats stay as they are
 
 
-def imagefolder_epoch(src: Path) -> tuple[float, int]:
-    """The same epoch through torchvision: ImageFolder (PIL), resized to 96x96 in the workers."""
+def imagefolder_epoch(src: Path, pil: bool = False) -> tuple[float, int]:
+    """The same epoch through torchvision: ImageFolder decoding with torchvision.io (``pil``: with its default
+    loader, PIL), resized to 96x96 in the workers."""
     import torch
     from torchvision.datasets import ImageFolder
+    from torchvision.io import ImageReadMode, decode_image
     from torchvision.transforms import v2
 
     from pretrain.data.module import normalize
 
-    transform = v2.Compose([v2.PILToTensor(), v2.Resize([SIDE, SIDE], antialias=True)])
-    loader = torch.utils.data.DataLoader(
-        ImageFolder(str(src), transform=transform), batch_size=BATCH, shuffle=True, num_workers=WORKERS
-    )
+    resize = v2.Resize([SIDE, SIDE], antialias=True)
+    if pil:
+        dataset = ImageFolder(str(src), transform=v2.Compose([v2.PILToTensor(), resize]))
+    else:
+        dataset = ImageFolder(
+            str(src), loader=functools.partial(decode_image, mode=ImageReadMode.RGB), transform=resize
+        )
+    loader = torch.utils.data.DataLoader(dataset, batch_size=BATCH, shuffle=True, num_workers=WORKERS)
     start, images = time.perf_counter(), 0
     for x, y in loader:
         x = normalize(_flip(x.float()), (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
@@ -146,7 +154,8 @@ def figures(args: argparse.Namespace, root: Path) -> list[Figure]:
     from pretrain.data.prepare import prepare
 
     sizes = [200, 400] if args.tiny else [int(n) for n in args.stream_sizes.split(",")]
-    rows: dict[str, list] = {k: [] for k in ("prep", "first", "rss", "stream", "folder", "memory", "decode", "ddp")}
+    keys = ("prep", "first", "rss", "stream", "stream_val", "folder", "pil", "memory", "decode", "ddp")
+    rows: dict[str, list] = {k: [] for k in keys}
     for n in sizes:
         src = make_collection(root / f"src{n}", n)
         out = root / f"out{n}"
@@ -159,8 +168,18 @@ def figures(args: argparse.Namespace, root: Path) -> list[Figure]:
         epoch = run_child(pretrain_argv(out, root / f"epoch{n}", "trainer.max_epochs=1"), child_env())
         rows["rss"].append(epoch["peak_rss_mb"])
         stream_epoch(out)  # warm the page cache for both readers alike
-        rows["stream"].append([images / s for s, images in (stream_epoch(out) for _ in range(args.repeats))])
-        rows["folder"].append([images / s for s, images in (imagefolder_epoch(src) for _ in range(args.repeats))])
+        epochs = {
+            "stream": functools.partial(stream_epoch, out),
+            "stream_val": functools.partial(stream_epoch, out, 0.1),
+            "folder": functools.partial(imagefolder_epoch, src),
+            "pil": functools.partial(imagefolder_epoch, src, pil=True),
+        }
+        for key in epochs:
+            rows[key].append([])
+        for _ in range(args.repeats):  # interleaved: the machine's load changes between repeats
+            for key, epoch in epochs.items():
+                seconds, images = epoch()
+                rows[key][-1].append(images / seconds)
         decoded, seconds, images = memory_epoch(src)
         rows["decode"].append(decoded)
         rows["memory"].append(images / seconds)
@@ -206,7 +225,32 @@ def figures(args: argparse.Namespace, root: Path) -> list[Figure]:
                 rows["folder"][i],
                 f"torchvision ImageFolder, {WORKERS} workers",
                 ("ratio", ">=", 1.0),
-                f"decode + resize {SIDE}px, flips, normalize; batch {BATCH}",
+                f"torchvision.io decode + resize {SIDE}px, flips, normalize; batch {BATCH}",
+            )
+            for i, n in enumerate(sizes)
+        ],
+        *[
+            Figure(
+                "6",
+                f"streamed training, a random tenth held out for validation, N={n:,}",
+                "img/s",
+                rows["stream_val"][i],
+                rows["folder"][i],
+                f"torchvision ImageFolder, {WORKERS} workers",
+                ("ratio", ">=", 1.0),
+                "the training images are a scattered selection of the shards (data.val_size=0.1, the default)",
+            )
+            for i, n in enumerate(sizes)
+        ],
+        *[
+            Figure(
+                "6",
+                f"torchvision ImageFolder with its default loader (PIL), N={n:,}",
+                "img/s",
+                rows["pil"][i],
+                rows["folder"][i],
+                "the same, decoding with torchvision.io",
+                note="for reference: the decoder's share",
             )
             for i, n in enumerate(sizes)
         ],

@@ -65,5 +65,5 @@ def test_the_streaming_section_runs(tmp_path):
     done = subprocess.run(argv, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
     figures = json.loads(out.read_text())
-    assert {f["section"] for f in figures} == {"6"} and len(figures) == 9
+    assert {f["section"] for f in figures} == {"6"} and len(figures) == 13
     assert all("0 repeated" in f["name"] and "val: each once" in f["name"] for f in figures if "DDP" in f["name"])

@@ -5,6 +5,7 @@ processes (spawn): slow."""
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import signal
 import subprocess
@@ -68,7 +69,19 @@ def test_the_index_chooses_what_the_in_memory_folder_chooses(collection):
     key = {bytes(x.numpy()): int(y) for x, y in zip(memory.train_set.images, memory.train_set.labels, strict=True)}
     assert {bytes(x.numpy()): int(y) for x, y in zip(images, labels, strict=True)} == key
     meta = open_prepared(str(out)).meta
-    assert meta["classes"] == ["c0", "c1", "c2"] and meta["splits"] == {"train": {"count": 120, "bad": 0}}
+    assert meta["classes"] == ["c0", "c1", "c2"]
+    # The fixed test fifth is stored apart: the training split is read in long runs, not one per few images.
+    assert meta["splits"] == {"train": {"count": 96, "bad": 0}, "test": {"count": 24, "bad": 0}}
+    assert torch.equal(stream(out, val_size=0).train_set.images.positions, torch.arange(96))  # read whole
+
+
+def test_a_training_batch_of_one_is_left_out(collection):
+    _, out = collection
+    dm = stream(out, val_size=3, batch_size=92, eval_batch_size=2)  # 96 - 3 training images: 92 + 1
+    loader = dm.train_dataloader()
+    assert [len(y) for _, y in loader] == [92] and len(loader) == 1
+    assert [len(y) for _, y in stream(out, val_size=3, batch_size=91).train_dataloader()] == [91, 2]
+    assert [len(y) for _, y in dm.val_dataloader()] == [2, 1]  # evaluation reads every image
 
 
 def test_unreadable_files_are_named_and_an_error_keeps_nothing(tmp_path):
@@ -78,7 +91,8 @@ def test_unreadable_files_are_named_and_an_error_keeps_nothing(tmp_path):
         prepare(str(src), tmp_path / "out", workers=1)
     assert not (tmp_path / "out").exists()
     meta = prepare(str(src), tmp_path / "out", workers=1, on_bad_file="skip")
-    assert meta["splits"]["train"] == {"count": 6, "bad": 1} and "broken.png" in meta["bad_files"][0]
+    counts = [(s["count"], s["bad"]) for s in meta["splits"].values()]
+    assert [sum(c) for c in zip(*counts, strict=True)] == [6, 1] and "broken.png" in meta["bad_files"][0]
     dm = stream(tmp_path / "out", val_size=0)
     assert len(dm.train_set.labels) + len(dm.test_set.labels) == 6  # the bad file is never chosen
 
@@ -109,8 +123,10 @@ def test_csv_and_unlabeled_folders_and_max_side(tmp_path):
     src = image_folder(tmp_path / "src", classes=2, per_class=3, size=(40, 20))
     rows = ["path,label"] + [f"src/c{c}/{i}.{'png' if i % 2 else 'jpg'},k{c}" for c in (0, 1) for i in range(3)]
     (tmp_path / "list.csv").write_text("\n".join(rows) + "\n")
+    start_method = multiprocessing.get_start_method(allow_none=True)
     meta = prepare(str(tmp_path / "list.csv"), tmp_path / "csv", workers=1, max_side=16)
     assert meta["classes"] == ["k0", "k1"]
+    assert multiprocessing.get_start_method(allow_none=True) == start_method  # litdata's spawn stays inside
     index = open_prepared(str(tmp_path / "csv")).index["train"]
     assert set(index["heights"]) == {16} and set(index["widths"]) == {8}  # the longer side shrunk to 16
     flat = tmp_path / "flat"
@@ -120,6 +136,11 @@ def test_csv_and_unlabeled_folders_and_max_side(tmp_path):
     assert prepare(str(flat), tmp_path / "unlabeled", workers=1)["classes"] == []
     dm = stream(tmp_path / "unlabeled", val_size=0)
     assert dm.info.classes == () and dm.train_set.labels.tolist() == [-1, -1, -1]
+
+
+def test_an_image_per_class_is_not_all_held_out_for_testing(tmp_path):
+    src = image_folder(tmp_path / "src", classes=2, per_class=1)
+    assert list(prepare(str(src), tmp_path / "out", workers=1)["splits"]) == ["train"]
 
 
 def test_the_command_line(tmp_path):

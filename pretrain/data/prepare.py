@@ -4,7 +4,8 @@
 flat folder of unlabeled images; ``SOURCE/train`` and ``SOURCE/test`` are the splits if both
 are there), a CSV of ``path,label`` rows (paths relative to the CSV; no ``label`` column:
 unlabeled), or a built-in data set (``digits``, ``mnist``, ``fashion_mnist``, ``faces``), and
-writes ``OUT/SPLIT/`` as litdata shards (``litdata.optimize``, in parallel worker processes).
+writes ``OUT/SPLIT/`` as litdata shards (``litdata.optimize``, in parallel worker processes). A labeled
+collection without a test split gets the fixed fifth that ``data=folder`` holds out as ``OUT/test/``.
 
 The images stay encoded: a JPEG or PNG file is stored as it is, other formats and the built-in
 sets as PNG; with ``--max-side N`` a larger image is shrunk so its longer side is N and encoded
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import csv
 import io
+import multiprocessing
 import shutil
 import sys
 from dataclasses import dataclass
@@ -32,8 +34,9 @@ import torch
 
 from pretrain.data.images import DataError
 from pretrain.data.module import channel_stats
+from pretrain.data.selection import stratified_split
 from pretrain.data.sources import SOURCES, load_faces, load_source, read_image
-from pretrain.data.stream import INDEX, MARKER, PARTIAL, decode_image, quiet_litdata
+from pretrain.data.stream import INDEX, MARKER, PARTIAL, PER_ITEM, decode_image, quiet_litdata
 from pretrain.run.files import write_json
 from pretrain.run.text import printable
 
@@ -75,6 +78,20 @@ def list_source(source: str, root: str | None = None) -> tuple[list[Split], tupl
         return [Split("train", *train), Split("test", *test)], classes
     (refs, labels), classes = _list_folder(path)
     return [Split("train", refs, labels)], classes
+
+
+def _test_fifth_apart(split: Split) -> list[Split]:
+    """A labeled collection without a test split: the fixed fifth that data=folder holds out in memory (drawn
+    from all listed files) stored as a split of its own. A selection is a litdata subset read as one run per
+    stretch of consecutive images, each with a fixed cost: holding this fifth out at training time would cut
+    every epoch into runs of about five images."""
+    rest, test = stratified_split(torch.tensor(split.labels), 0.2, seed=0)
+    if not len(rest):  # an image or so per class: nothing would be left to train on, as in memory
+        return [split]
+    return [
+        Split(name, [split.refs[i] for i in part.tolist()], [split.labels[i] for i in part.tolist()])
+        for name, part in (("train", rest), ("test", test))
+    ]
 
 
 def _visible(p: Path) -> bool:
@@ -200,21 +217,27 @@ def prepare(
     out = Path(out)
     _claim(out)
     splits, classes = list_source(source, root)
+    if classes and len(splits) == 1:
+        splits = _test_fifth_apart(splits[0])
     bad_files: list[str] = []
     meta_splits = {}
     for split in splits:
         target = out / split.name
-        with quiet_litdata():
-            optimize(
-                fn=Encode(max_side),
-                inputs=list(zip(split.refs, split.labels, strict=True)),
-                output_dir=str(target),
-                num_workers=workers,
-                chunk_bytes=chunk_bytes,
-                reorder_files=False,
-                mode="overwrite",
-                start_method="spawn",
-            )
+        start_method = multiprocessing.get_start_method(allow_none=True)
+        try:
+            with quiet_litdata():
+                optimize(
+                    fn=Encode(max_side),
+                    inputs=list(zip(split.refs, split.labels, strict=True)),
+                    output_dir=str(target),
+                    num_workers=workers,
+                    chunk_bytes=chunk_bytes,
+                    reorder_files=False,
+                    mode="overwrite",
+                    start_method="spawn",
+                )
+        finally:  # optimize sets it for the whole process: the caller's DataLoaders would spawn their workers
+            multiprocessing.set_start_method(start_method, force=True)
         index = _read_back(target)
         bad = [str(b) for b in index.pop("bad") if b]
         bad_files += bad
@@ -283,7 +306,7 @@ def _stats(split_dir: Path) -> dict:
         raise DataError(f"no readable images in {printable(split_dir)}")
     sample = good[np.linspace(0, len(good) - 1, min(STATS_SAMPLE, len(good))).round().astype(int)]
     with quiet_litdata():
-        dataset = StreamingDataset(str(split_dir))
+        dataset = StreamingDataset(str(split_dir), batch_decode=PER_ITEM)  # a sample: one item in many
         data = [dataset[int(i)]["image"] for i in sample]
     stats = {}
     for key, mode in (("rgb", "RGB"), ("gray", "L")):

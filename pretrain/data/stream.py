@@ -24,6 +24,7 @@ import functools
 import io
 import json
 import logging
+import os
 import tempfile
 import warnings
 from collections.abc import Iterator, Sequence
@@ -32,6 +33,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from litdata import StreamingDataLoader, StreamingDataset
 from torch import Tensor
 
 from pretrain.data.batching import EpochPairs, PairBatches
@@ -45,6 +47,12 @@ from pretrain.run.text import printable
 logging.getLogger("litdata").setLevel(logging.WARNING)
 # Lightning's caution about an IterableDataset with a length: litdata gives each worker a share of its own.
 warnings.filterwarnings("ignore", message=".*Your `IterableDataset` has `__len__` defined")
+# A selection is a subset made of one litdata "chunk" per run of consecutive images (a few images each, once a
+# random validation split is out); litdata would ask the kernel to read ahead the whole shard file at every one.
+os.environ.setdefault("LITDATA_POSIX_WILLNEED", "0")
+# Each image is deserialized alone (litdata's default for these items: 256 together, mostly thrown away when a
+# selection's runs are short); the item fields are opaque bytes to litdata, so it cannot tell they are images.
+PER_ITEM = 0
 
 MARKER = "pretext.json"  # written last by a preparation: its presence means the folder is complete
 PARTIAL = ".pretext-partial"  # written first, removed last
@@ -57,18 +65,38 @@ def decode_image(data: bytes, mode: str | None = None, size: Sequence[int] | Non
     from PIL import Image
     from torchvision.transforms.v2.functional import pil_to_tensor, resize
 
-    try:
-        with Image.open(io.BytesIO(data)) as im:
-            mode = mode or ("L" if im.mode in ("L", "1", "I", "I;16", "F") else "RGB")
-            tensor = pil_to_tensor(im.convert(mode))
-    except (OSError, SyntaxError, ValueError) as err:
-        raise DataError(
-            f"the stored image of {printable(name)} cannot be decoded ({type(err).__name__}: {printable(err)}): "
-            "the shards are damaged; prepare the collection again"
-        ) from None
+    tensor = _decoded_by_torchvision(data, mode)
+    if tensor is None:
+        try:
+            with Image.open(io.BytesIO(data)) as im:
+                mode = mode or ("L" if im.mode in ("L", "1", "I", "I;16", "F") else "RGB")
+                tensor = pil_to_tensor(im.convert(mode))
+        except (OSError, SyntaxError, ValueError) as err:
+            raise DataError(
+                f"the stored image of {printable(name)} cannot be decoded ({type(err).__name__}: {printable(err)}): "
+                "the shards are damaged; prepare the collection again"
+            ) from None
     if size is not None and tuple(tensor.shape[-2:]) != tuple(size):
         tensor = resize(tensor, list(size), antialias=True)
     return tensor
+
+
+def _decoded_by_torchvision(data: bytes, mode: str | None) -> Tensor | None:
+    """8-bit gray or colour JPEG/PNG decoded by torchvision.io (3x faster than PIL here), to PIL's exact pixels;
+    None for the rest (colour to gray, alpha, CMYK, 16-bit, damaged data), which PIL decodes."""
+    from torchvision.io import ImageReadMode
+    from torchvision.io import decode_image as decode
+
+    if data[:8] == b"\x89PNG\r\n\x1a\n" and data[25:26] not in (b"\x00", b"\x02"):
+        return None  # a PNG with a palette (torchvision gives its indices) or an alpha channel
+    try:
+        tensor = decode(torch.frombuffer(bytearray(data), dtype=torch.uint8), ImageReadMode.UNCHANGED)
+    except RuntimeError:
+        return None
+    channels = {"L": 1, "RGB": 3}.get(mode, 1 if tensor.shape[0] == 1 else 3)
+    if tensor.dtype != torch.uint8 or tensor.shape[0] not in (1, channels):
+        return None
+    return tensor.expand(channels, -1, -1).contiguous() if channels != tensor.shape[0] else tensor
 
 
 class Decode:
@@ -197,10 +225,8 @@ class StoredImages:
 
 @functools.lru_cache(maxsize=8)
 def _random_access(split_dir: str):
-    from litdata import StreamingDataset
-
     with quiet_litdata():
-        return StreamingDataset(split_dir)
+        return StreamingDataset(split_dir, batch_decode=PER_ITEM)
 
 
 @contextlib.contextmanager
@@ -247,8 +273,6 @@ class StreamDataModule(ImageDataModule):
         super().setup(stage)
 
     def _loader(self, split: ImageSet, batch_size: int, shuffle: bool):
-        from litdata import StreamingDataLoader, StreamingDataset
-
         images: StoredImages = split.images
         rank, world = (self.trainer.global_rank, self.trainer.world_size) if self.trainer is not None else (0, 1)
         if self.batches == "pairs":
@@ -265,6 +289,7 @@ class StreamDataModule(ImageDataModule):
                 seed=self.seed,
                 drop_last=shuffle and world > 1,  # training: equal steps on every rank; evaluation: every image
                 transform=Decode(images.mode, images.size, remap),
+                batch_decode=PER_ITEM,
             )
             positions = images.positions.sort().values
             if len(positions) != len(dataset) or not torch.equal(positions, torch.arange(len(dataset))):
@@ -272,9 +297,19 @@ class StreamDataModule(ImageDataModule):
             # A generator of its own: a DataLoader draws its workers' seed at every epoch, from the global random
             # stream otherwise, which then differs between a run and its resumed copy (augmentation draws from it).
             generator = torch.Generator().manual_seed(self.seed)
-            return StreamingDataLoader(
-                dataset, batch_size=batch_size, num_workers=self.num_workers, generator=generator
-            )
+            loader = TrainingLoader if shuffle else StreamingDataLoader
+            return loader(dataset, batch_size=batch_size, num_workers=self.num_workers, generator=generator)
+
+
+class TrainingLoader(StreamingDataLoader):
+    """litdata's loader, less a last batch of one image (batch norm cannot train on it; the in-memory batches
+    drop it too): the image comes back in another epoch's shuffle."""
+
+    def __iter__(self) -> Iterator:
+        yield from (batch for batch in super().__iter__() if len(batch[1]) > 1)
+
+    def __len__(self) -> int:
+        return super().__len__() - (self.dataset.get_len(self.num_workers, self.batch_size) % self.batch_size == 1)
 
 
 @functools.lru_cache(maxsize=4)
