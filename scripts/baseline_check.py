@@ -8,7 +8,7 @@ to zero (``torch.optim.lr_scheduler``), without Lightning. Both are tested on th
 images. Prints each side's mean, standard deviation and worst seed, and the paired difference
 with its 95% interval; writes the figures to ``OUT/baseline_check.json``.
 
-    PRETEXT_DATA=/path/to/data python scripts/baseline_check.py --seeds 10 --out outputs/baseline_check \\
+    PRETEXT_DATA=/path/to/data python -m scripts.baseline_check --seeds 10 --out outputs/baseline_check \\
         backbone=cnn data=fashion_mnist data.label_budget=100
 """
 
@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import sys
 import time
 from pathlib import Path
 
@@ -27,13 +26,12 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+import finetune.__main__ as finetune_main
+from finetune.report.stats import summarize
+from pretrain.encoders import build_encoder, readout
+from pretrain.run.files import write_json
 
-import finetune.__main__ as finetune_main  # noqa: E402
-from finetune.report.stats import summarize  # noqa: E402
-from pretrain.encoders import build_encoder, readout  # noqa: E402
-from pretrain.run.files import write_json  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 QUIET = ["trainer.enable_progress_bar=false", "trainer.enable_model_summary=false"]
 
@@ -88,7 +86,7 @@ def side(name: str, values: list[float]) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog=f"python -m {__spec__.name}", description=__doc__.split("\n\n")[0])
     parser.add_argument("--seeds", type=int, default=10)
     parser.add_argument("--out", type=Path, default=Path("outputs/baseline_check"))
     parser.add_argument("overrides", nargs="*", help="overrides of python -m finetune, e.g. backbone=cnn")

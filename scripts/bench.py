@@ -1,7 +1,7 @@
 """How fast the pipeline is, measured side by side with a baseline in the same run, printed as a table
 (measured, baseline, ratio; medians over repeats):
 
-    PRETEXT_DATA=../shared/data python scripts/bench.py [--sections 1,2,3,4,5] [--repeats 3]
+    PRETEXT_DATA=../shared/data python -m scripts.bench [--sections 1,2,3,4,5] [--repeats 3]
 
 1. the data path against torchvision's DataLoader (scripts/bench_data.py);
 2. training overhead of each task and of fine-tuning against a plain PyTorch loop (bench_overhead.py);
@@ -23,21 +23,25 @@ import os
 import sys
 import time
 
-import bench_data
-import bench_overhead
-import bench_scaling
-import bench_startup
-import bench_stream
-import bench_stream_gpu
-import bench_study
-from bench_common import data_root, save, table, workdir
+from scripts import (
+    bench_data,
+    bench_overhead,
+    bench_scaling,
+    bench_startup,
+    bench_stream,
+    bench_stream_gpu,
+    bench_study,
+)
+from scripts.bench_common import data_root, save, table, workdir
 
 SECTIONS = {1: bench_data, 2: bench_overhead, 3: bench_startup, 4: bench_scaling, 5: bench_study, 6: bench_stream}
 GPU_SECTIONS = {2: bench_overhead, 6: bench_stream_gpu}  # --gpu: what each measures on the GPU
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog=f"python -m {__spec__.name}", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument(
         "--sections", default="1,2,3,4,5", help="which sections, e.g. 2,3 (default: 1-5; 6 makes 200,000 files)"
     )

@@ -2,7 +2,7 @@
 transforms applied image by image (the per-image randomness v2 gives), against
 ``pretrain.data.augment.Augment`` on the whole batch. Seconds per batch, best of ``--repeats``.
 
-    python scripts/bench_augment.py  # 28x28 grayscale and 96x96 RGB, on the CPU
+    python -m scripts.bench_augment  # 28x28 grayscale and 96x96 RGB, on the CPU
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ def best(fn, repeats: int) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog=f"python -m {__spec__.name}", description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args()

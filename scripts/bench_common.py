@@ -19,8 +19,6 @@ from typing import Any
 import lightning as L
 
 REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:  # `python scripts/bench_x.py` from anywhere imports this checkout's packages
-    sys.path.insert(0, str(REPO))
 
 
 @dataclass

@@ -15,7 +15,7 @@ import statistics
 import time
 from pathlib import Path
 
-from bench_common import Figure, data_root
+from scripts.bench_common import Figure, data_root
 
 BATCH = 256
 

@@ -29,7 +29,8 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
-from bench_common import REPO, EpochTimer, Figure, hydra_command, plain_fit, quiet, steady_rate
+
+from scripts.bench_common import REPO, EpochTimer, Figure, hydra_command, plain_fit, quiet, steady_rate
 
 KINDS = ("supervised", "autoencoder", "masked", "finetune")
 GPU_KINDS = ("supervised", "finetune")

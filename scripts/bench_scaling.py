@@ -11,8 +11,9 @@ import sys
 from pathlib import Path
 
 import lightning as L
-from bench_common import Figure, child_env, rss_mb, run_child, steady_rate, steady_seconds
-from bench_overhead import build, overrides, pipeline_epochs, plain_epochs, with_callback
+
+from scripts.bench_common import Figure, child_env, rss_mb, run_child, steady_rate, steady_seconds
+from scripts.bench_overhead import build, overrides, pipeline_epochs, plain_epochs, with_callback
 
 BATCH_SIZES = (32, 64, 128, 256, 512, 1024)
 SUBSET = 12_000  # images per epoch for the batch-size sweep: six sizes stay within minutes

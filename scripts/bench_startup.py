@@ -3,7 +3,7 @@ labeled images, 20 epochs, tested on 2,000 images: the study's from-scratch run)
 before the first training step, and a Hydra multirun of 10 such runs against 10 times one run.
 
 Run as a script, this file is the child that times the first step:
-``python scripts/bench_startup.py STAMP MODULE ARGS...`` runs ``python -m MODULE ARGS...`` and writes
+``python -m scripts.bench_startup STAMP MODULE ARGS...`` runs ``python -m MODULE ARGS...`` and writes
 the wall-clock time of its first training step to the file STAMP.
 """
 
@@ -14,7 +14,7 @@ import sys
 import time
 from pathlib import Path
 
-from bench_common import Figure, child_env, run_child
+from scripts.bench_common import Figure, child_env, run_child
 
 RUN = ["experiment=fashion_transfer", "encoder=none", "trainer.enable_progress_bar=false"]
 
@@ -27,7 +27,7 @@ def import_seconds() -> float:
 def timed_run(root: Path, name: str, extra: list[str]) -> tuple[float, float]:
     """(wall seconds of the whole run, seconds from its start to its first training step)."""
     stamp = root / f"{name}.first-step"
-    argv = [sys.executable, __file__, str(stamp), "finetune", *RUN, *extra, f"hydra.run.dir={root / name}"]
+    argv = [sys.executable, "-m", __spec__.name, str(stamp), "finetune", *RUN, *extra, f"hydra.run.dir={root / name}"]
     start = time.time()
     wall = run_child(argv, env=child_env())["wall"]
     return wall, float(stamp.read_text()) - start

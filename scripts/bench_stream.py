@@ -18,7 +18,7 @@ import sys
 import time
 from pathlib import Path
 
-from bench_common import REPO, Figure, child_env, run_child
+from scripts.bench_common import REPO, Figure, child_env, run_child
 
 SIDE, BATCH, WORKERS = 96, 128, 2
 

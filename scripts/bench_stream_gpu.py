@@ -20,9 +20,10 @@ import time
 from pathlib import Path
 
 import lightning as L
-from bench_common import Figure, child_env, hydra_command, quiet, run_child
-from bench_overhead import build, with_callback
-from bench_stream import make_collection
+
+from scripts.bench_common import Figure, child_env, hydra_command, quiet, run_child
+from scripts.bench_overhead import build, with_callback
+from scripts.bench_stream import make_collection
 
 SIDE, BATCH, EPOCHS = 224, 256, 3
 
@@ -73,12 +74,12 @@ def streamed_rate(argv: list[str], run_dir: Path) -> float:
     """The streamed run's images/s, measured in a process of its own as a user starts it (``main``):
     nothing this process did before (the preparation's workers, say) is shared with it."""
     result = run_dir.with_suffix(".json")
-    run_child([sys.executable, __file__, str(result), *argv, f"hydra.run.dir={run_dir}"], child_env())
+    run_child([sys.executable, "-m", __spec__.name, str(result), *argv, f"hydra.run.dir={run_dir}"], child_env())
     return json.loads(result.read_text())["images_per_s"]
 
 
 def main() -> None:
-    """``python bench_stream_gpu.py RESULT.json OVERRIDES...``: ``python -m pretrain OVERRIDES`` for
+    """``python -m scripts.bench_stream_gpu RESULT.json OVERRIDES...``: ``python -m pretrain OVERRIDES`` for
     ``EPOCHS`` epochs; the images of all but the first over their seconds go to RESULT.json."""
     import pretrain.__main__ as pretrain_main
 

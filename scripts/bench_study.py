@@ -7,7 +7,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from bench_common import REPO, Figure, child_env, run_child
+from scripts.bench_common import REPO, Figure, child_env, run_child
 
 
 def figures(args: argparse.Namespace, root: Path) -> list[Figure]:

@@ -11,7 +11,7 @@ recipe over several seeds, on the same labeled images per seed:
   validation); fine-tuned as a 10-way classifier of s31..s40 with 2 labeled images each,
   tested on their other 8 each.
 
-    PRETEXT_DATA=/path/to/data python scripts/downstream.py --out outputs/downstream --seeds 5
+    PRETEXT_DATA=/path/to/data python -m scripts.downstream --out outputs/downstream --seeds 5
 
 Runs already done (a results.json in their folder) are skipped, so an interrupted study
 resumes. Prints a markdown table and writes it, with every per-seed figure, to OUT.
@@ -22,18 +22,16 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import sys
 import time
 from pathlib import Path
 
 from hydra import compose, initialize_config_dir
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+import finetune.__main__ as finetune_main
+import pretrain.__main__ as pretrain_main
+from pretrain.run.files import write_json, write_text
 
-import finetune.__main__ as finetune_main  # noqa: E402
-import pretrain.__main__ as pretrain_main  # noqa: E402
-from pretrain.run.files import write_json, write_text  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 QUIET = ["trainer.enable_progress_bar=false", "trainer.enable_model_summary=false"]
 FASHION_PAIRS = {"sandal vs shirt": "[sandal,shirt]", "pullover vs coat": "[pullover,coat]"}
@@ -177,7 +175,7 @@ def table(rows: list[dict]) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog=f"python -m {__spec__.name}", description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=Path("outputs/downstream"))
     parser.add_argument("--seeds", type=int, default=5, help="fine-tuning seeds per target (default 5)")
     parser.add_argument("--tasks", nargs="+", choices=sorted(STUDIES), default=list(STUDIES))

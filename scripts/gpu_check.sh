@@ -14,7 +14,7 @@ mkdir -p "$OUT"
 
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
 $PYTHON -c "import torch, lightning; print(f'torch {torch.__version__}, lightning {lightning.__version__}')"
-$PYTHON scripts/bench.py --sections 2 --gpu --json "$OUT/bench.json"
+$PYTHON -m scripts.bench --sections 2 --gpu --json "$OUT/bench.json"
 
 $PYTHON -m pretrain data=fashion_mnist task=supervised backbone=resnet18 trainer=gpu data.batch_size=512 \
   trainer.max_epochs=3 "hydra.run.dir=$OUT/pretrain" "${quiet[@]}"

@@ -27,7 +27,7 @@ step() {  # step NAME COMMAND...: run, log to OUT/NAME.log, remember a failure
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
 $PYTHON -c "import torch, lightning; print(f'torch {torch.__version__}, lightning {lightning.__version__}')"
 
-step stream $PYTHON scripts/bench.py --gpu --sections 6 --stream-sizes 30000 --repeats 1 --json "$OUT/stream.json"
+step stream $PYTHON -m scripts.bench --gpu --sections 6 --stream-sizes 30000 --repeats 1 --json "$OUT/stream.json"
 
 echo "== pretraining, both at once (at most $MAX_TIME each)"
 $PYTHON -m pretrain experiment=contrastive_gpu "hydra.run.dir=$OUT/cnn" "+trainer.max_time=$MAX_TIME" \
@@ -43,7 +43,7 @@ tail -n 3 "$OUT/pretrain-cnn.log" "$OUT/pretrain-resnet18.log"
 echo "== k-NN, and fine-tuning at 10 and 100 labels per class, seeds 0-9 (8 sweeps), all at once"
 for arch in cnn resnet18; do
   for pool in mean flatten; do
-    $PYTHON scripts/knn_eval.py --backbone $arch --pool $pool --encoder "$OUT/$arch/encoder.safetensors"
+    $PYTHON -m scripts.knn_eval --backbone $arch --pool $pool --encoder "$OUT/$arch/encoder.safetensors"
   done
 done >"$OUT/knn.log" 2>&1 &
 knn=$!

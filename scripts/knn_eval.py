@@ -7,14 +7,13 @@ exp(similarity / 0.07), here with every image of the training split as the bank,
 official test split. Every encoder sees the images normalized as it was trained; the floors see
 them normalized by the training split's own mean and standard deviation.
 
-    PRETEXT_DATA=/path/to/data python scripts/knn_eval.py --data fashion_mnist --backbone cnn \\
+    PRETEXT_DATA=/path/to/data python -m scripts.knn_eval --data fashion_mnist --backbone cnn \\
         --encoder outputs/pretrain/DATE/TIME/encoder.safetensors
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from pathlib import Path
 
@@ -22,18 +21,17 @@ import torch
 from omegaconf import OmegaConf
 from torch import nn
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from pretrain.data.module import channel_stats, normalize
+from pretrain.data.sources import load_source
+from pretrain.encoder_file.format import load_encoder
+from pretrain.encoders import build_encoder
+from pretrain.run.callbacks.online_eval import knn_predict, pooled_features
 
-from pretrain.data.module import channel_stats, normalize  # noqa: E402
-from pretrain.data.sources import load_source  # noqa: E402
-from pretrain.encoder_file.format import load_encoder  # noqa: E402
-from pretrain.encoders import build_encoder  # noqa: E402
-from pretrain.run.callbacks.online_eval import knn_predict, pooled_features  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog=f"python -m {__spec__.name}", description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", default="fashion_mnist", help="a data set with an official test split")
     parser.add_argument("--backbone", default="cnn", help="a file of conf/backbone, at random initial weights")
     parser.add_argument("--seed", type=int, default=0, help="of the random weights")
