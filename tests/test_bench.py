@@ -19,7 +19,8 @@ def test_the_benchmark_runs_every_section_and_prints_its_table(real_data, tmp_pa
     done = subprocess.run(
         [
             sys.executable,
-            str(REPO / "scripts" / "bench.py"),
+            "-m",
+            "scripts.bench",
             "--tiny",
             "--repeats",
             "1",
@@ -31,6 +32,7 @@ def test_the_benchmark_runs_every_section_and_prints_its_table(real_data, tmp_pa
         capture_output=True,
         text=True,
         timeout=900,
+        cwd=REPO,
         env={**os.environ, "PRETEXT_DATA": str(real_data)},
     )
     assert done.returncode == 0, done.stderr[-3000:]
@@ -42,9 +44,8 @@ def test_the_benchmark_runs_every_section_and_prints_its_table(real_data, tmp_pa
     assert "| # | figure | measured | baseline | ratio | target | met |" in done.stdout
 
 
-def test_a_child_commands_peak_memory_is_its_own_not_this_process(monkeypatch):
-    monkeypatch.syspath_prepend(str(REPO / "scripts"))
-    from bench_common import run_child
+def test_a_child_commands_peak_memory_is_its_own_not_this_process():
+    from scripts.bench_common import run_child
 
     ballast = bytearray(300 * 2**20)  # this process is large: torch imported, and more
     ballast[::4096] = b"x" * len(ballast[::4096])  # resident, not just reserved
@@ -60,9 +61,9 @@ def test_a_child_commands_peak_memory_is_its_own_not_this_process(monkeypatch):
 def test_the_streaming_section_runs(tmp_path):
     """Section 6 (not among the default sections: at full size it writes 200,000 files)."""
     out = tmp_path / "figures.json"
-    argv = [sys.executable, str(REPO / "scripts" / "bench.py"), "--tiny", "--sections", "6", "--repeats", "1"]
+    argv = [sys.executable, "-m", "scripts.bench", "--tiny", "--sections", "6", "--repeats", "1"]
     argv += ["--json", str(out), "--workdir", str(tmp_path / "work")]
-    done = subprocess.run(argv, capture_output=True, text=True, timeout=900)
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=900, cwd=REPO)
     assert done.returncode == 0, done.stderr[-3000:]
     figures = json.loads(out.read_text())
     assert {f["section"] for f in figures} == {"6"} and len(figures) == 13
