@@ -40,7 +40,8 @@ GPU = ["trainer=gpu", "backbone=resnet18", "data.batch_size=512"]
 def overrides(kind: str, batch_size: int | None = None, budget: int | None = None, gpu: bool = False) -> list[str]:
     """The command-line overrides of a run of ``kind`` (without epochs and run folder)."""
     if kind == "finetune":
-        argv = ["experiment=fashion_transfer", "encoder=none", "seed=0"]
+        # one pass over the images an epoch, as the plain loop makes (the recipe passes over 200 images 1.6 times)
+        argv = ["experiment=fashion_transfer", "encoder=none", "seed=0", "data.min_batches_per_epoch=null"]
     else:
         argv = ["data=fashion_mnist", f"task={kind}", "data.val_size=0"]
         if kind == "masked":
