@@ -105,3 +105,22 @@ def test_log_train_writes_steps_on_log_steps_and_the_epochs_image_weighted_mean(
         sent = model.sent[3 * epoch : 3 * epoch + 3]
         assert logged == pytest.approx(sum(v * n for v, n in sent) / sum(n for _, n in sent))
     assert len(epochs) == 2
+
+
+def test_the_training_bar_redraws_at_most_once_per_mininterval_and_closes_on_its_last_state():
+    import io
+
+    from lightning.pytorch.callbacks.progress.tqdm_progress import Tqdm
+
+    from pretrain.run.trainer import throttled
+
+    out = io.StringIO()
+    bar = throttled(Tqdm(total=100, file=out, mininterval=3600, ascii=True))
+    drawn = out.getvalue()
+    for step in range(1, 101):  # as Lightning does at epoch starts and ends: set n, describe, refresh
+        bar.n = step
+        bar.set_description(f"Epoch {step}")
+        bar.set_postfix(loss=1 / step)
+    assert out.getvalue() == drawn  # within the hour-long interval nothing was redrawn
+    bar.close()
+    assert "Epoch 100" in out.getvalue() and "100/100" in out.getvalue() and "loss=0.01" in out.getvalue()
