@@ -21,7 +21,7 @@ from pathlib import Path
 
 import lightning as L
 
-from scripts.bench_common import Figure, child_env, hydra_command, quiet, run_child
+from scripts.bench_common import Figure, child_env, clock, hydra_command, quiet, run_child
 from scripts.bench_overhead import build, with_callback
 from scripts.bench_stream import make_collection
 
@@ -35,21 +35,13 @@ class ImageClock(L.Callback):
         self.epochs: list[tuple[float, int]] = []
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self.start, self.images = _now(pl_module.device), 0
+        self.start, self.images = clock(pl_module.device), 0
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
         self.images += len(batch[1])
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self.epochs.append((_now(pl_module.device) - self.start, self.images))
-
-
-def _now(device) -> float:
-    import torch
-
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    return time.perf_counter()
+        self.epochs.append((clock(pl_module.device) - self.start, self.images))
 
 
 def run_argv(out: Path, side: int, workers: int, cpu: bool) -> list[str]:
@@ -84,10 +76,10 @@ def main() -> None:
     import pretrain.__main__ as pretrain_main
 
     result, argv = Path(sys.argv[1]), sys.argv[2:]
-    clock = ImageClock()
-    with with_callback("supervised", clock):
+    timer = ImageClock()
+    with with_callback("supervised", timer):
         hydra_command(pretrain_main.main, [*argv, f"trainer.max_epochs={EPOCHS}"])
-    seconds, images = (sum(column) for column in zip(*clock.epochs[1:], strict=True))
+    seconds, images = (sum(column) for column in zip(*timer.epochs[1:], strict=True))
     result.write_text(json.dumps({"images_per_s": images / seconds}))
 
 
@@ -112,10 +104,10 @@ def random_tensor_rate(argv: list[str], side: int, steps: int) -> float:
 
     for _ in range(max(3, steps // 5)):  # cuDNN's algorithm choice and the allocator's first blocks
         step()
-    start = _now(torch.device(device))
+    start = clock(device)
     for _ in range(steps):
         step()
-    return steps * b["batch_size"] / (_now(torch.device(device)) - start)
+    return steps * b["batch_size"] / (clock(device) - start)
 
 
 def figures(args: argparse.Namespace, root: Path) -> list[Figure]:
